@@ -23,6 +23,11 @@ struct ModelSpec {
   bool zero_init_residual = false; // last BN scale of each residual block starts at 0
   float dropout = 0.1f;            // resmlp only
   float bn_momentum = 0.1f;
+  // Structure overrides for small test networks (empty / 0 = the architecture's own):
+  std::vector<int> stage_blocks;  // blocks per stage; 3 entries (CIFAR) or 4 (ImageNet)
+  int64_t base_width = 0;         // first-stage width: 16 (CIFAR) or 64 (ImageNet) by default
+  int64_t mlp_width = 1024;       // resmlp: Dense width, block Dense(hidden) inside
+  int64_t mlp_hidden = 512;
 };
 
 // The architectures Model::Build accepts, for error messages and --help.

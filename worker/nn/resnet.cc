@@ -286,6 +286,22 @@ Status ValidateModelSpec(const ModelSpec& s) {
   if (!(s.bn_momentum > 0.f && s.bn_momentum <= 1.f))
     return absl::InvalidArgumentError(
         absl::StrCat("model.bn_momentum: ", s.bn_momentum, " is outside (0, 1]"));
+  if (!s.stage_blocks.empty()) {
+    if (info.family == ArchInfo::kMlp || s.stage_blocks.size() != info.blocks.size())
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model.stage_blocks: ", s.arch, " takes ", info.blocks.size(), " stage counts, got ",
+          s.stage_blocks.size()));
+    for (size_t i = 0; i < s.stage_blocks.size(); ++i)
+      if (s.stage_blocks[i] < 1 || s.stage_blocks[i] > 1000)
+        return absl::InvalidArgumentError(absl::StrCat("model.stage_blocks[", i, "]: ",
+                                                       s.stage_blocks[i], " is outside 1..1000"));
+  }
+  if (s.base_width < 0 || s.base_width > 4096)
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.base_width: ", s.base_width, " is outside 0..4096 (0 = default)"));
+  if (s.mlp_width < 1 || s.mlp_hidden < 1 || s.mlp_width > 65536 || s.mlp_hidden > 65536)
+    return absl::InvalidArgumentError(absl::StrCat("model.mlp_width/mlp_hidden: ", s.mlp_width,
+                                                   "/", s.mlp_hidden, " are outside 1..65536"));
   // Every stride-2 stage must receive at least a 2x2 map, or downsampling is meaningless.
   int downsamplings = 0;
   int64_t min_side = 1;
@@ -318,6 +334,7 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
   RETURN_IF_ERROR(ValidateModelSpec(spec));
   ArchInfo info;
   LookupArch(spec.arch, &info);
+  if (!spec.stage_blocks.empty()) info.blocks = spec.stage_blocks;
   std::unique_ptr<Model> m(new Model(spec, backend, seed));
   NnContext* ctx = &m->ctx_;
   Sequential& net = m->net_;
@@ -326,10 +343,11 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
   int64_t features = 0;
 
   if (info.family == ArchInfo::kCifar) {
-    net.add(std::make_unique<Conv2d>(ctx, "conv1", ConvSpec(spec.in_channels, 16, 3, 1, 1, false)));
-    net.add(std::make_unique<BatchNorm2d>(ctx, "bn1", 16, true, mom));
-    int64_t in = 16;
-    const int64_t widths[3] = {16, 32, 64};
+    const int64_t w0 = spec.base_width > 0 ? spec.base_width : 16;
+    net.add(std::make_unique<Conv2d>(ctx, "conv1", ConvSpec(spec.in_channels, w0, 3, 1, 1, false)));
+    net.add(std::make_unique<BatchNorm2d>(ctx, "bn1", w0, true, mom));
+    int64_t in = w0;
+    const int64_t widths[3] = {w0, 2 * w0, 4 * w0};
     for (int stage = 0; stage < 3; ++stage) {
       for (int b = 0; b < info.blocks[stage]; ++b) {
         const int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
@@ -351,17 +369,18 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
     net.add(std::make_unique<Pool2d>(ctx, gap));
   } else if (info.family == ArchInfo::kMlp) {
     const int64_t f = spec.in_channels * spec.height * spec.width;
-    net.add(std::make_unique<Linear>(ctx, "input", LinearSpec{f, 1024, true, false}));
+    net.add(std::make_unique<Linear>(ctx, "input", LinearSpec{f, spec.mlp_width, true, false}));
     net.add(std::make_unique<Relu>(ctx));
-    net.add(std::make_unique<MlpBlock>(ctx, "block", 1024, 512, spec.dropout));
-    features = 1024;
+    net.add(std::make_unique<MlpBlock>(ctx, "block", spec.mlp_width, spec.mlp_hidden, spec.dropout));
+    features = spec.mlp_width;
   } else {
+    const int64_t w0 = spec.base_width > 0 ? spec.base_width : 64;
     if (spec.small_input_stem) {
-      net.add(std::make_unique<Conv2d>(ctx, "conv1", ConvSpec(spec.in_channels, 64, 3, 1, 1, false)));
-      net.add(std::make_unique<BatchNorm2d>(ctx, "bn1", 64, true, mom));
+      net.add(std::make_unique<Conv2d>(ctx, "conv1", ConvSpec(spec.in_channels, w0, 3, 1, 1, false)));
+      net.add(std::make_unique<BatchNorm2d>(ctx, "bn1", w0, true, mom));
     } else {
-      net.add(std::make_unique<Conv2d>(ctx, "conv1", ConvSpec(spec.in_channels, 64, 7, 2, 3, false)));
-      net.add(std::make_unique<BatchNorm2d>(ctx, "bn1", 64, true, mom));
+      net.add(std::make_unique<Conv2d>(ctx, "conv1", ConvSpec(spec.in_channels, w0, 7, 2, 3, false)));
+      net.add(std::make_unique<BatchNorm2d>(ctx, "bn1", w0, true, mom));
       PoolSpec mp;
       mp.kind = PoolKind::kMax;
       mp.kernel_h = mp.kernel_w = 3;
@@ -370,8 +389,8 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
       net.add(std::make_unique<Pool2d>(ctx, mp));
     }
     const bool bottleneck = info.family == ArchInfo::kImageNetBottleneck;
-    int64_t in = 64;
-    const int64_t widths[4] = {64, 128, 256, 512};
+    int64_t in = w0;
+    const int64_t widths[4] = {w0, 2 * w0, 4 * w0, 8 * w0};
     for (int stage = 0; stage < 4; ++stage) {
       for (int b = 0; b < info.blocks[stage]; ++b) {
         const int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
