@@ -279,12 +279,9 @@ StatusOr<File> File::create(const std::string& path) {
 Status File::close() {
   quiet_errors();
   if (!handle_.valid()) return absl::OkStatus();
-  const hid_t id = handle_.get();
-  if (H5Fflush(id, H5F_SCOPE_LOCAL) < 0) return error("", "cannot flush");
+  if (H5Fflush(handle_.get(), H5F_SCOPE_LOCAL) < 0) return error("", "cannot flush");
   // Release ownership first so a failing close is not retried by the destructor.
-  Handle released = std::move(handle_);
-  const hid_t raw = released.get();
-  released = Handle(-1, nullptr);
+  const hid_t raw = handle_.release();
   if (H5Fclose(raw) < 0) return error("", "cannot close");
   return absl::OkStatus();
 }
