@@ -1,1 +1,3 @@
-
+# Training-step benchmark (resdist side of bench/cpu_vs_pytorch.sh).
+add_executable(resdist_train_bench ${CMAKE_CURRENT_SOURCE_DIR}/train_bench.cc)
+target_link_libraries(resdist_train_bench PRIVATE resdist_worker)

@@ -1,0 +1,69 @@
+// Times full training steps (forward, loss, backward, SGD update) of a resdist model on random
+// data. The side-by-side comparison with PyTorch is bench/cpu_vs_pytorch.sh.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "worker/nn/model.h"
+#include "worker/optim/sgd.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"resdist training-step benchmark"};
+  resdist::ModelSpec spec;
+  int64_t batch = 128;
+  int threads = 1, steps = 20, warmup = 3;
+  app.add_option("--arch", spec.arch, "model architecture");
+  app.add_option("--batch", batch, "batch size");
+  app.add_option("--threads", threads, "compute threads");
+  app.add_option("--channels", spec.in_channels, "input channels");
+  app.add_option("--height", spec.height, "input height");
+  app.add_option("--width", spec.width, "input width");
+  app.add_option("--classes", spec.num_classes, "classes");
+  app.add_option("--steps", steps, "timed steps");
+  app.add_option("--warmup", warmup, "untimed steps first");
+  app.add_flag("--small-input-stem", spec.small_input_stem, "ImageNet ResNets: 3x3 stem");
+  CLI11_PARSE(app, argc, argv);
+
+  auto backend = resdist::MakeCpuBackend(threads);
+  auto built = resdist::Model::Build(spec, backend.get(), 1);
+  if (!built.ok()) {
+    std::fprintf(stderr, "resdist_train_bench: %s\n", std::string(built.status().message()).c_str());
+    return 2;
+  }
+  auto& model = *built;
+  resdist::SgdOptions o;
+  o.lr = 0.01;
+  o.momentum = 0.9;
+  o.weight_decay = 5e-4;
+  resdist::Sgd sgd(model->parameters(), o);
+  auto loss_op = backend->softmax_cross_entropy();
+
+  resdist::Tensor x(resdist::Dims{batch, spec.in_channels, spec.height, spec.width});
+  std::vector<int32_t> labels(batch);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = nd(rng);
+  for (auto& l : labels) l = static_cast<int32_t>(rng() % spec.num_classes);
+  resdist::Tensor dlogits;
+
+  std::vector<double> times;
+  for (int s = 0; s < warmup + steps; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const resdist::Tensor& logits = model->forward(x, true);
+    loss_op->forward_backward(logits, labels, batch, 0.f, &dlogits);
+    model->backward(dlogits);
+    sgd.step(o.lr);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s >= warmup) times.push_back(dt);
+  }
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  std::printf("arch=%s batch=%lld threads=%d step_ms_median=%.2f step_ms_min=%.2f\n",
+              spec.arch.c_str(), static_cast<long long>(batch), threads, median * 1e3,
+              times.front() * 1e3);
+  std::printf("images_per_s=%.1f\n", batch / median);
+  return 0;
+}
