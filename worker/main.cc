@@ -1,0 +1,192 @@
+// resdist-worker: trains a ResNet in one process on an HDF5 dataset or synthetic data.
+// (Data-parallel launch under mpirun and the coordinator protocol build on this binary.)
+#include <cstdio>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/log.h"
+#include "worker/nn/model.h"
+#include "worker/train/trainer.h"
+
+namespace resdist {
+namespace {
+
+struct Flags {
+  ModelSpec model;
+  std::string shortcut = "A";
+  bool num_classes_set = false;
+  TrainConfig train;
+  std::string schedule = "cosine";
+  std::string train_path, eval_path;
+  int64_t synthetic = 0, synthetic_eval = 0;
+  std::string synthetic_shape = "32x32x3";
+  int synthetic_classes = 10;
+  int threads = 1;
+  uint64_t seed = 1;
+  int crop_padding = 0;
+  bool flip = false;
+  std::string progress = "auto";
+  std::string in_memory = "auto";
+};
+
+Status ParseShape(const std::string& text, SyntheticSpec* spec) {
+  std::vector<std::string> parts = absl::StrSplit(text, 'x');
+  int v[3];
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &v[0]) ||
+      !absl::SimpleAtoi(parts[1], &v[1]) || !absl::SimpleAtoi(parts[2], &v[2]))
+    return absl::InvalidArgumentError(absl::StrCat("--synthetic-shape: '", text,
+                                                   "' is not HxWxC (e.g. 32x32x3)"));
+  spec->height = v[0], spec->width = v[1], spec->channels = v[2];
+  return absl::OkStatus();
+}
+
+StatusOr<std::unique_ptr<BatchSource>> OpenSource(const Flags& f, const std::string& path,
+                                                  bool training, int64_t synthetic_n,
+                                                  int64_t synthetic_first) {
+  if (!path.empty()) {
+    data::LoaderOptions o;
+    o.path = path;
+    o.seed = f.seed;
+    o.batch_size = static_cast<int>(f.train.batch_size);
+    o.layout = data::BatchLayout::kNCHW;
+    if (training) {
+      o.augment.crop_padding = f.crop_padding;
+      o.augment.horizontal_flip = f.flip;
+      o.remainder = RemainderPolicy::kDrop;
+      o.drop_last_batch = true;
+    } else {
+      o.shuffle = false;
+      o.remainder = RemainderPolicy::kPad;
+    }
+    if (f.in_memory == "on") o.in_memory = data::InMemoryMode::kAlways;
+    else if (f.in_memory == "off") o.in_memory = data::InMemoryMode::kNever;
+    return OpenLoaderSource(o);
+  }
+  SyntheticSourceOptions o;
+  RETURN_IF_ERROR(ParseShape(f.synthetic_shape, &o.data));
+  o.data.num_samples = synthetic_n;
+  o.data.num_classes = f.synthetic_classes;
+  o.data.seed = f.seed;
+  o.first_sample = synthetic_first;
+  o.batch_size = static_cast<int>(f.train.batch_size);
+  o.shuffle = training;
+  o.drop_last_batch = training;
+  o.shuffle_seed = f.seed;
+  return MakeSyntheticSource(o);
+}
+
+int Run(Flags& f) {
+  Logger log("worker");
+  auto fail = [&](const Status& s, int code) {
+    std::fprintf(stderr, "resdist-worker: %s\n", std::string(s.message()).c_str());
+    return code;
+  };
+  if (f.shortcut != "A" && f.shortcut != "B")
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+                    "--shortcut: '", f.shortcut, "' is not a shortcut option; expected A or B")),
+                2);
+  f.model.shortcut = f.shortcut[0];
+  if (f.train_path.empty() && f.synthetic <= 0)
+    return fail(absl::InvalidArgumentError(
+                    "no training data: pass --train FILE.h5 or --synthetic N (N > 0)"),
+                2);
+  auto schedule = ParseLrSchedule(f.schedule);
+  if (!schedule.ok()) return fail(schedule.status(), 2);
+  f.train.lr.schedule = *schedule;
+  f.train.lr.base_lr = f.train.sgd.lr;
+  f.train.lr.global_batch = f.train.batch_size;
+  if (f.progress == "auto") f.train.progress = ProgressMode::kAuto;
+  else if (f.progress == "bar") f.train.progress = ProgressMode::kBar;
+  else if (f.progress == "lines") f.train.progress = ProgressMode::kLines;
+  else if (f.progress == "off") f.train.progress = ProgressMode::kOff;
+  else
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+                    "--progress: '", f.progress, "' is not allowed; expected auto, bar, lines or off")),
+                2);
+  if (Status s = ValidateTrainConfig(f.train); !s.ok()) return fail(s, 2);
+
+  auto train = OpenSource(f, f.train_path, true, f.synthetic, 0);
+  if (!train.ok()) return fail(train.status(), 2);
+  std::unique_ptr<BatchSource> eval;
+  if (!f.eval_path.empty() || (f.train_path.empty() && f.synthetic_eval > 0)) {
+    auto e = OpenSource(f, f.eval_path, false, f.synthetic_eval, f.synthetic);
+    if (!e.ok()) return fail(e.status(), 2);
+    eval = std::move(*e);
+  }
+  f.model.in_channels = (*train)->channels();
+  f.model.height = (*train)->height();
+  f.model.width = (*train)->width();
+  if (!f.num_classes_set) f.model.num_classes = (*train)->num_classes();
+  if (eval && (eval->channels() != f.model.in_channels || eval->height() != f.model.height ||
+               eval->width() != f.model.width))
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+                    "evaluation data ", eval->describe(), " has another image shape than the training data ",
+                    (*train)->describe())),
+                2);
+
+  auto backend = MakeCpuBackend(f.threads);
+  auto model = Model::Build(f.model, backend.get(), f.seed);
+  if (!model.ok()) return fail(model.status(), 2);
+  Trainer trainer(f.train, backend.get(), model->get(), train->get(), eval.get(), log);
+  auto result = trainer.run();
+  if (!result.ok()) return fail(result.status(), 1);
+  if (eval) {
+    std::printf("final eval accuracy: %.4f (%lld images, loss %.4f)\n",
+                result->final_eval.accuracy, static_cast<long long>(result->final_eval.samples),
+                result->final_eval.loss);
+  } else if (!result->epochs.empty()) {
+    std::printf("final train accuracy: %.4f (no evaluation data)\n",
+                result->epochs.back().train_accuracy);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace resdist
+
+int main(int argc, char** argv) {
+  resdist::Flags f;
+  CLI::App app{"resdist-worker: train a ResNet (single process)"};
+  app.add_option("--arch", f.model.arch, "resnet20|32|44|56|110, resnet18|34|50|101|152, resmlp");
+  app.add_option_function<int64_t>("--num-classes", [&](int64_t v) {
+    f.model.num_classes = v;
+    f.num_classes_set = true;
+  }, "classes (default: from the data)");
+  app.add_option("--shortcut", f.shortcut, "CIFAR ResNets: A (parameter-free) or B (projection)");
+  app.add_flag("--small-input-stem", f.model.small_input_stem, "ImageNet ResNets: 3x3 stride-1 stem, no max pool");
+  app.add_flag("--zero-init-residual", f.model.zero_init_residual, "zero the last BN scale of each block");
+  app.add_option("--dropout", f.model.dropout, "resmlp dropout probability");
+  app.add_option("--train", f.train_path, "training set (resdist HDF5)");
+  app.add_option("--eval", f.eval_path, "evaluation set (resdist HDF5)");
+  app.add_option("--synthetic", f.synthetic, "train on N synthetic images instead of a file");
+  app.add_option("--synthetic-eval", f.synthetic_eval, "evaluate on N synthetic images");
+  app.add_option("--synthetic-shape", f.synthetic_shape, "HxWxC of synthetic images");
+  app.add_option("--synthetic-classes", f.synthetic_classes, "classes of synthetic images");
+  app.add_option("--in-memory", f.in_memory, "auto|on|off: load the whole file into memory");
+  app.add_option("--epochs", f.train.epochs, "epochs");
+  app.add_option("--batch-size", f.train.batch_size, "batch size");
+  app.add_option("--max-steps-per-epoch", f.train.max_steps_per_epoch, "cap on steps per epoch (0: all)");
+  app.add_option("--lr", f.train.sgd.lr, "peak learning rate");
+  app.add_option("--momentum", f.train.sgd.momentum, "SGD momentum");
+  app.add_flag("--nesterov", f.train.sgd.nesterov, "Nesterov momentum");
+  app.add_option("--weight-decay", f.train.sgd.weight_decay, "L2 weight decay");
+  app.add_flag("--no-decay-bn-bias{false}", f.train.sgd.decay_bn_and_bias,
+               "no weight decay on batch-norm and bias parameters");
+  app.add_option("--schedule", f.schedule, "constant|step|cosine");
+  app.add_option("--warmup-epochs", f.train.lr.warmup_epochs, "linear warm-up epochs");
+  app.add_option("--milestones", f.train.lr.milestones, "step schedule: epochs where lr *= gamma");
+  app.add_option("--gamma", f.train.lr.gamma, "step schedule multiplier");
+  app.add_flag("--linear-scaling", f.train.lr.linear_scaling, "lr x batch / 256");
+  app.add_option("--label-smoothing", f.train.label_smoothing, "label smoothing in [0, 1)");
+  app.add_option("--eval-every-epochs", f.train.eval_every_epochs, "evaluation period (0: only at the end)");
+  app.add_option("--threads", f.threads, "compute threads");
+  app.add_option("--seed", f.seed, "seed for initialization, shuffling, augmentation");
+  app.add_option("--crop-padding", f.crop_padding, "random crop padding (0: off)");
+  app.add_flag("--flip", f.flip, "random horizontal flips");
+  app.add_option("--progress", f.progress, "auto|bar|lines|off");
+  app.add_option("--metrics", f.train.metrics_path, "append JSON-lines metrics to this file");
+  CLI11_PARSE(app, argc, argv);
+  return resdist::Run(f);
+}
