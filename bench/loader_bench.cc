@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/dataset.h"
 #include "common/synthetic.h"
 #include "worker/data/loader.h"
@@ -40,7 +41,7 @@ bool make_file(const std::string& path, const Case& k) {
   o.height = k.h;
   o.width = k.w;
   o.channels = k.c;
-  for (int i = 0; i < 10; ++i) o.class_names.push_back("c" + std::to_string(i));
+  for (int i = 0; i < 10; ++i) o.class_names.push_back(absl::StrCat("c", i));
   o.source = "loader_bench";
   auto s = resdist::write_dataset(path, o, data->images.data(), data->labels.data());
   if (!s.ok()) std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
@@ -78,8 +79,7 @@ double measure(const std::string& path, const Case& k, InMemoryMode mode, BatchL
   const auto t0 = std::chrono::steady_clock::now();
   int64_t images = 0;
   for (int e = 1; e <= epochs; ++e) images += run_epoch(e);
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return static_cast<double>(images) / secs;
 }
 
@@ -106,11 +106,10 @@ int main(int argc, char** argv) {
         std::vector<double> r;
         for (int i = 0; i < repeats; ++i) r.push_back(measure(path, k, mode, layout, epochs));
         std::sort(r.begin(), r.end());
-        std::printf("| %s | %lld | %s | %s | %.0f | %.0f | %.0f |\n", k.name,
-                    static_cast<long long>(k.n),
-                    mode == InMemoryMode::kNever ? "streaming (HDF5 chunk runs)" : "in memory",
-                    layout == BatchLayout::kNCHW ? "NCHW" : "NHWC", r[r.size() / 2], r.front(),
-                    r.back());
+        std::printf(
+            "| %s | %lld | %s | %s | %.0f | %.0f | %.0f |\n", k.name, static_cast<long long>(k.n),
+            mode == InMemoryMode::kNever ? "streaming (HDF5 chunk runs)" : "in memory",
+            layout == BatchLayout::kNCHW ? "NCHW" : "NHWC", r[r.size() / 2], r.front(), r.back());
         std::fflush(stdout);
       }
     }

@@ -26,28 +26,29 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const char* const kFashionMnistNames[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                          "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+const char* const kFashionMnistNames[] = {"T-shirt/top", "Trouser",   "Pullover", "Dress",
+                                          "Coat",        "Sandal",    "Shirt",    "Sneaker",
+                                          "Bag",         "Ankle boot"};
 const char* const kCifar10Names[] = {"airplane", "automobile", "bird",  "cat",  "deer",
                                      "dog",      "frog",       "horse", "ship", "truck"};
 const char* const kCifar100Fine[] = {
-    "apple",        "aquarium_fish", "baby",       "bear",        "beaver",      "bed",
-    "bee",          "beetle",        "bicycle",    "bottle",      "bowl",        "boy",
-    "bridge",       "bus",           "butterfly",  "camel",       "can",         "castle",
-    "caterpillar",  "cattle",        "chair",      "chimpanzee",  "clock",       "cloud",
-    "cockroach",    "couch",         "crab",       "crocodile",   "cup",         "dinosaur",
-    "dolphin",      "elephant",      "flatfish",   "forest",      "fox",         "girl",
-    "hamster",      "house",         "kangaroo",   "keyboard",    "lamp",        "lawn_mower",
-    "leopard",      "lion",          "lizard",     "lobster",     "man",         "maple_tree",
-    "motorcycle",   "mountain",      "mouse",      "mushroom",    "oak_tree",    "orange",
-    "orchid",       "otter",         "palm_tree",  "pear",        "pickup_truck", "pine_tree",
-    "plain",        "plate",         "poppy",      "porcupine",   "possum",      "rabbit",
-    "raccoon",      "ray",           "road",       "rocket",      "rose",        "sea",
-    "seal",         "shark",         "shrew",      "skunk",       "skyscraper",  "snail",
-    "snake",        "spider",        "squirrel",   "streetcar",   "sunflower",   "sweet_pepper",
-    "table",        "tank",          "telephone",  "television",  "tiger",       "tractor",
-    "train",        "trout",         "tulip",      "turtle",      "wardrobe",    "whale",
-    "willow_tree",  "wolf",          "woman",      "worm"};
+    "apple",       "aquarium_fish", "baby",      "bear",       "beaver",       "bed",
+    "bee",         "beetle",        "bicycle",   "bottle",     "bowl",         "boy",
+    "bridge",      "bus",           "butterfly", "camel",      "can",          "castle",
+    "caterpillar", "cattle",        "chair",     "chimpanzee", "clock",        "cloud",
+    "cockroach",   "couch",         "crab",      "crocodile",  "cup",          "dinosaur",
+    "dolphin",     "elephant",      "flatfish",  "forest",     "fox",          "girl",
+    "hamster",     "house",         "kangaroo",  "keyboard",   "lamp",         "lawn_mower",
+    "leopard",     "lion",          "lizard",    "lobster",    "man",          "maple_tree",
+    "motorcycle",  "mountain",      "mouse",     "mushroom",   "oak_tree",     "orange",
+    "orchid",      "otter",         "palm_tree", "pear",       "pickup_truck", "pine_tree",
+    "plain",       "plate",         "poppy",     "porcupine",  "possum",       "rabbit",
+    "raccoon",     "ray",           "road",      "rocket",     "rose",         "sea",
+    "seal",        "shark",         "shrew",     "skunk",      "skyscraper",   "snail",
+    "snake",       "spider",        "squirrel",  "streetcar",  "sunflower",    "sweet_pepper",
+    "table",       "tank",          "telephone", "television", "tiger",        "tractor",
+    "train",       "trout",         "tulip",     "turtle",     "wardrobe",     "whale",
+    "willow_tree", "wolf",          "woman",     "worm"};
 static_assert(sizeof(kCifar100Fine) / sizeof(kCifar100Fine[0]) == 100);
 const char* const kCifar100Coarse[] = {"aquatic_mammals",
                                        "fish",
@@ -182,8 +183,8 @@ StatusOr<std::unique_ptr<ImageSource>> open_idx(const std::string& images_path,
   const int64_t h = big_endian_u32(img.data() + 8);
   const int64_t w = big_endian_u32(img.data() + 12);
   if (n == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("IDX %s: 0 images, expected >= 1",
-                                                      images_path));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("IDX %s: 0 images, expected >= 1", images_path));
   }
   if (h < 1 || w < 1 || h > kMaxImageSide || w > kMaxImageSide) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -192,9 +193,9 @@ StatusOr<std::unique_ptr<ImageSource>> open_idx(const std::string& images_path,
   const int64_t body = n * h * w;
   if (static_cast<int64_t>(img.size()) - 16 != body) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "IDX %s: %s body: header declares %d images of %dx%d = %d bytes, file has %d",
-        images_path, static_cast<int64_t>(img.size()) - 16 < body ? "truncated" : "oversized", n,
-        h, w, body, static_cast<int64_t>(img.size()) - 16));
+        "IDX %s: %s body: header declares %d images of %dx%d = %d bytes, file has %d", images_path,
+        static_cast<int64_t>(img.size()) - 16 < body ? "truncated" : "oversized", n, h, w, body,
+        static_cast<int64_t>(img.size()) - 16));
   }
   if (lab.size() < 8) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -203,8 +204,8 @@ StatusOr<std::unique_ptr<ImageSource>> open_idx(const std::string& images_path,
   const uint32_t lmagic = big_endian_u32(lab.data());
   if (lmagic != 0x801) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "IDX %s: magic number 0x%08x, expected 0x00000801 (uint8 labels, 1 dimension)",
-        labels_path, lmagic));
+        "IDX %s: magic number 0x%08x, expected 0x00000801 (uint8 labels, 1 dimension)", labels_path,
+        lmagic));
   }
   const int64_t ln = big_endian_u32(lab.data() + 4);
   if (static_cast<int64_t>(lab.size()) - 8 != ln) {
@@ -214,9 +215,9 @@ StatusOr<std::unique_ptr<ImageSource>> open_idx(const std::string& images_path,
         static_cast<int64_t>(lab.size()) - 8));
   }
   if (ln != n) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "IDX %s has %d images but %s has %d labels, expected equal", images_path, n, labels_path,
-        ln));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("IDX %s has %d images but %s has %d labels, expected equal", images_path, n,
+                        labels_path, ln));
   }
   std::vector<int32_t> labels(static_cast<size_t>(n));
   int max_label = 0;
@@ -246,14 +247,17 @@ StatusOr<std::unique_ptr<ImageSource>> open_cifar(const std::vector<std::string>
   if (files.empty()) return absl::InvalidArgumentError("cifar: no --input files given");
   std::vector<uint8_t> images;
   std::vector<int32_t> labels;
-  const int num_classes = kind == CifarKind::kCifar10 ? 10 : kind == CifarKind::kCifar100Fine ? 100 : 20;
+  const int num_classes = kind == CifarKind::kCifar10        ? 10
+                          : kind == CifarKind::kCifar100Fine ? 100
+                                                             : 20;
   for (const std::string& path : files) {
     ASSIGN_OR_RETURN(std::vector<uint8_t> data, read_maybe_gzipped(path));
     if (data.empty() || static_cast<int64_t>(data.size()) % record != 0) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "cifar %s: %d bytes, expected a non-zero multiple of the %d-byte %s record (truncated "
           "or not a %s binary batch?)",
-          path, data.size(), record, c100 ? "CIFAR-100" : "CIFAR-10", c100 ? "CIFAR-100" : "CIFAR-10"));
+          path, data.size(), record, c100 ? "CIFAR-100" : "CIFAR-10",
+          c100 ? "CIFAR-100" : "CIFAR-10"));
     }
     const int64_t n = static_cast<int64_t>(data.size()) / record;
     const size_t base = images.size();
@@ -275,7 +279,7 @@ StatusOr<std::unique_ptr<ImageSource>> open_cifar(const std::vector<std::string>
       }
     }
   }
-  std::vector<std::string> names = kind == CifarKind::kCifar10       ? names_of(kCifar10Names)
+  std::vector<std::string> names = kind == CifarKind::kCifar10        ? names_of(kCifar10Names)
                                    : kind == CifarKind::kCifar100Fine ? names_of(kCifar100Fine)
                                                                       : names_of(kCifar100Coarse);
   std::string desc = c100 ? (kind == CifarKind::kCifar100Fine ? "cifar100 (fine labels):"
@@ -326,7 +330,11 @@ class FolderSource : public ImageSource {
  public:
   FolderSource(std::string dir, std::vector<std::string> classes,
                std::vector<std::pair<std::string, int32_t>> files, int h, int w, int c)
-      : dir_(std::move(dir)), classes_(std::move(classes)), files_(std::move(files)), h_(h), w_(w),
+      : dir_(std::move(dir)),
+        classes_(std::move(classes)),
+        files_(std::move(files)),
+        h_(h),
+        w_(w),
         c_(c) {}
   int64_t num_samples() const override { return static_cast<int64_t>(files_.size()); }
   int height() const override { return h_; }
@@ -343,8 +351,8 @@ class FolderSource : public ImageSource {
       int w = 0, h = 0, n = 0;
       uint8_t* px = stbi_load(path.c_str(), &w, &h, &n, c_);
       if (px == nullptr) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "folder %s: cannot decode image %s: %s", dir_, path, stbi_failure_reason()));
+        return absl::InvalidArgumentError(absl::StrFormat("folder %s: cannot decode image %s: %s",
+                                                          dir_, path, stbi_failure_reason()));
       }
       resize_bilinear(px, h, w, c_, images + i * bytes, h_, w_);
       stbi_image_free(px);
@@ -492,15 +500,13 @@ StatusOr<std::vector<int>> parse_shape(const std::string& text, int parts) {
   std::vector<int> out;
   const char* expected = parts == 2 ? "HxW, e.g. 32x32" : "HxWxC, e.g. 28x28x1";
   if (static_cast<int>(pieces.size()) != parts) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("shape \"%s\": expected %s", text, expected));
+    return absl::InvalidArgumentError(absl::StrFormat("shape \"%s\": expected %s", text, expected));
   }
   for (const std::string& p : pieces) {
     int v = 0;
     if (!absl::SimpleAtoi(p, &v) || v < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("shape \"%s\": \"%s\" is not a positive integer, expected %s", text, p,
-                          expected));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "shape \"%s\": \"%s\" is not a positive integer, expected %s", text, p, expected));
     }
     out.push_back(v);
   }

@@ -21,14 +21,14 @@ namespace {
 
 struct ConvertFlags {
   std::string from;
-  std::string images, labels;         // idx
-  std::vector<std::string> inputs;    // cifar files or one folder
-  std::string size;                   // folder: HxW
-  int channels = 3;                   // folder
-  int64_t num = 0;                    // synthetic
-  std::string shape = "28x28x1";      // synthetic
-  int classes = 10;                   // synthetic
-  uint64_t seed = 0;                  // synthetic
+  std::string images, labels;       // idx
+  std::vector<std::string> inputs;  // cifar files or one folder
+  std::string size;                 // folder: HxW
+  int channels = 3;                 // folder
+  int64_t num = 0;                  // synthetic
+  std::string shape = "28x28x1";    // synthetic
+  int classes = 10;                 // synthetic
+  uint64_t seed = 0;                // synthetic
   std::string cifar100_label = "fine";
   std::string out;
   bool gzip = false;
@@ -38,8 +38,8 @@ struct ConvertFlags {
 };
 
 Status missing(const std::string& from, const std::string& flag, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "dataset convert --from %s: %s is required (%s)", from, flag, what));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("dataset convert --from %s: %s is required (%s)", from, flag, what));
 }
 
 StatusOr<std::unique_ptr<ImageSource>> open_source(const ConvertFlags& f) {
@@ -77,9 +77,8 @@ StatusOr<std::unique_ptr<ImageSource>> open_source(const ConvertFlags& f) {
 }
 
 std::string floats(const std::vector<float>& v) {
-  return absl::StrJoin(v, ", ", [](std::string* out, float x) {
-    absl::StrAppend(out, absl::StrFormat("%.4f", x));
-  });
+  return absl::StrJoin(
+      v, ", ", [](std::string* out, float x) { absl::StrAppend(out, absl::StrFormat("%.4f", x)); });
 }
 
 Status run_convert(const ConvertFlags& f) {
@@ -100,10 +99,9 @@ Status run_convert(const ConvertFlags& f) {
   RETURN_IF_ERROR(convert(*source, options));
   ASSIGN_OR_RETURN(std::unique_ptr<DatasetReader> check, DatasetReader::open(f.out));
   const DatasetInfo& info = check->info();
-  std::printf("wrote %s: %lld images %dx%dx%d, %d classes, mean [%s], std [%s]\n",
-              f.out.c_str(), static_cast<long long>(info.num_samples), info.height, info.width,
-              info.channels, info.num_classes(), floats(info.mean).c_str(),
-              floats(info.std).c_str());
+  std::printf("wrote %s: %lld images %dx%dx%d, %d classes, mean [%s], std [%s]\n", f.out.c_str(),
+              static_cast<long long>(info.num_samples), info.height, info.width, info.channels,
+              info.num_classes(), floats(info.mean).c_str(), floats(info.std).c_str());
   return absl::OkStatus();
 }
 
@@ -152,8 +150,8 @@ Status run_inspect(const std::string& path, bool json) {
   } else {
     std::printf("chunking:     none (contiguous)\n");
   }
-  std::string compression = info.gzip_level >= 0 ? absl::StrFormat("gzip level %d", info.gzip_level)
-                                                 : "none";
+  std::string compression =
+      info.gzip_level >= 0 ? absl::StrFormat("gzip level %d", info.gzip_level) : "none";
   if (!info.other_filters.empty()) {
     absl::StrAppend(&compression, " + ", absl::StrJoin(info.other_filters, ", "));
   }

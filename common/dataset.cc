@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 
@@ -67,8 +67,8 @@ StatusOr<std::unique_ptr<DatasetReader>> DatasetReader::open(const std::string& 
   auto idims = r->images_.dims();
   if (!idims.ok()) return in_dataset(idims.status());
   if (idims->size() != 4) {
-    return invalid(path, absl::StrFormat("%s has %d dimensions, expected 4 (N,H,W,C)",
-                                         kImagesPath, idims->size()));
+    return invalid(path, absl::StrFormat("%s has %d dimensions, expected 4 (N,H,W,C)", kImagesPath,
+                                         idims->size()));
   }
   auto itype = r->images_.type();
   if (!itype.ok()) return in_dataset(itype.status());
@@ -79,8 +79,8 @@ StatusOr<std::unique_ptr<DatasetReader>> DatasetReader::open(const std::string& 
   auto ldims = labels_ds.dims();
   if (!ldims.ok()) return in_dataset(ldims.status());
   if (ldims->size() != 1) {
-    return invalid(path, absl::StrFormat("%s has %d dimensions, expected 1 (N)", kLabelsPath,
-                                         ldims->size()));
+    return invalid(
+        path, absl::StrFormat("%s has %d dimensions, expected 1 (N)", kLabelsPath, ldims->size()));
   }
   auto ltype = labels_ds.type();
   if (!ltype.ok()) return in_dataset(ltype.status());
@@ -97,11 +97,11 @@ StatusOr<std::unique_ptr<DatasetReader>> DatasetReader::open(const std::string& 
   if (d[1] < 1 || d[1] > kMaxImageSide || d[2] < 1 || d[2] > kMaxImageSide || d[3] < 1 ||
       d[3] > kMaxChannels || d[1] * d[2] * d[3] > static_cast<hsize_t>(kMaxImageBytes) ||
       d[0] > (hsize_t{1} << 40)) {
-    return invalid(path, absl::StrFormat(
-                             "%s has shape (%d,%d,%d,%d), expected N <= 2^40, H and W in [1, %d], "
-                             "C in [1, %d] and H*W*C <= %d bytes",
-                             kImagesPath, d[0], d[1], d[2], d[3], kMaxImageSide, kMaxChannels,
-                             kMaxImageBytes));
+    return invalid(
+        path, absl::StrFormat("%s has shape (%d,%d,%d,%d), expected N <= 2^40, H and W in [1, %d], "
+                              "C in [1, %d] and H*W*C <= %d bytes",
+                              kImagesPath, d[0], d[1], d[2], d[3], kMaxImageSide, kMaxChannels,
+                              kMaxImageBytes));
   }
   info.num_samples = static_cast<int64_t>(d[0]);
   info.height = static_cast<int>(d[1]);
@@ -168,9 +168,9 @@ StatusOr<std::unique_ptr<DatasetReader>> DatasetReader::open(const std::string& 
     for (double x : *v) {
       const bool ok = std::isfinite(x) && (std::string_view(stat) == "mean" || x > 0);
       if (!ok) {
-        return invalid(path, absl::StrFormat("attribute %s contains %g, expected a finite%s value",
-                                             stat, x,
-                                             std::string_view(stat) == "std" ? " positive" : ""));
+        return invalid(
+            path, absl::StrFormat("attribute %s contains %g, expected a finite%s value", stat, x,
+                                  std::string_view(stat) == "std" ? " positive" : ""));
       }
       out.push_back(static_cast<float>(x));
     }
@@ -209,20 +209,20 @@ Status DatasetReader::read_images(int64_t first, int64_t count, uint8_t* out) co
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-StatusOr<std::unique_ptr<DatasetWriter>> DatasetWriter::create(
-    const std::string& path, const DatasetWriteOptions& o) {
+StatusOr<std::unique_ptr<DatasetWriter>> DatasetWriter::create(const std::string& path,
+                                                               const DatasetWriteOptions& o) {
   if (o.num_samples < 1) return invalid(path, "0 images to write, expected >= 1");
   if (o.height < 1 || o.height > kMaxImageSide || o.width < 1 || o.width > kMaxImageSide ||
       o.channels < 1 || o.channels > kMaxChannels ||
       int64_t{o.height} * o.width * o.channels > kMaxImageBytes) {
-    return invalid(path, absl::StrFormat("image shape %dx%dx%d, expected H and W in [1, %d], C "
-                                         "in [1, %d]",
-                                         o.height, o.width, o.channels, kMaxImageSide,
-                                         kMaxChannels));
+    return invalid(path,
+                   absl::StrFormat("image shape %dx%dx%d, expected H and W in [1, %d], C "
+                                   "in [1, %d]",
+                                   o.height, o.width, o.channels, kMaxImageSide, kMaxChannels));
   }
   if (o.class_names.empty() || static_cast<int64_t>(o.class_names.size()) > kMaxClasses) {
-    return invalid(path, absl::StrFormat("%d class names, expected 1..%d", o.class_names.size(),
-                                         kMaxClasses));
+    return invalid(
+        path, absl::StrFormat("%d class names, expected 1..%d", o.class_names.size(), kMaxClasses));
   }
   if (o.gzip_level < 0 || o.gzip_level > 9) {
     return invalid(path, absl::StrFormat("gzip level %d, expected 0..9", o.gzip_level));
@@ -239,8 +239,8 @@ StatusOr<std::unique_ptr<DatasetWriter>> DatasetWriter::create(
 
   const int64_t image_bytes = int64_t{o.height} * o.width * o.channels;
   const hsize_t n = static_cast<hsize_t>(o.num_samples);
-  const hsize_t cs = static_cast<hsize_t>(chunk_samples_for(image_bytes, o.num_samples,
-                                                            o.chunk_bytes));
+  const hsize_t cs =
+      static_cast<hsize_t>(chunk_samples_for(image_bytes, o.num_samples, o.chunk_bytes));
   const hsize_t h = o.height, wd = o.width, c = o.channels;
   auto images = w->file_.create_dataset(kImagesPath, H5T_STD_U8LE, {n, h, wd, c}, {cs, h, wd, c},
                                         o.gzip_level);
@@ -263,8 +263,8 @@ DatasetWriter::~DatasetWriter() {
 }
 
 Status DatasetWriter::append(const uint8_t* images, const int32_t* labels, int64_t count) {
-  if (finished_) return absl::FailedPreconditionError(absl::StrCat("dataset ", path_,
-                                                                   ": already finished"));
+  if (finished_)
+    return absl::FailedPreconditionError(absl::StrCat("dataset ", path_, ": already finished"));
   if (count < 0 || written_ + count > options_.num_samples) {
     return invalid(path_, absl::StrFormat("appending %d images after %d, expected at most %d in "
                                           "total",
@@ -304,12 +304,11 @@ Status DatasetWriter::append(const uint8_t* images, const int32_t* labels, int64
 Status DatasetWriter::finish() {
   if (finished_) return absl::OkStatus();
   if (written_ != options_.num_samples) {
-    return invalid(path_, absl::StrFormat("%d images written, expected %d", written_,
-                                          options_.num_samples));
+    return invalid(
+        path_, absl::StrFormat("%d images written, expected %d", written_, options_.num_samples));
   }
   const int c = options_.channels;
-  const double count = static_cast<double>(options_.num_samples) * options_.height *
-                       options_.width;
+  const double count = static_cast<double>(options_.num_samples) * options_.height * options_.width;
   std::vector<float> mean(c), stddev(c);
   for (int ch = 0; ch < c; ++ch) {
     const double m = static_cast<double>(sum_[ch]) / count / 255.0;
@@ -319,13 +318,11 @@ Status DatasetWriter::finish() {
     stddev[ch] = static_cast<float>(std::max(std::sqrt(std::max(0.0, m2 - m * m)), 1.0 / 255.0));
   }
   const h5::File& f = file_;
-  RETURN_IF_ERROR(in_dataset(f.write_strings_attribute("/", "class_names",
-                                                       options_.class_names)));
+  RETURN_IF_ERROR(in_dataset(f.write_strings_attribute("/", "class_names", options_.class_names)));
   RETURN_IF_ERROR(in_dataset(f.write_floats_attribute("/", "mean", mean)));
   RETURN_IF_ERROR(in_dataset(f.write_floats_attribute("/", "std", stddev)));
   RETURN_IF_ERROR(in_dataset(f.write_string_attribute("/", "source", options_.source)));
-  RETURN_IF_ERROR(in_dataset(f.write_int_attribute("/", "format_version",
-                                                   kDatasetFormatVersion)));
+  RETURN_IF_ERROR(in_dataset(f.write_int_attribute("/", "format_version", kDatasetFormatVersion)));
   RETURN_IF_ERROR(in_dataset(f.write_string_attribute("/", "format", kDatasetFormatName)));
   images_ = h5::Dataset();
   labels_ = h5::Dataset();
@@ -340,8 +337,7 @@ Status DatasetWriter::finish() {
   ::close(fd);
   if (std::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     return absl::PermissionDeniedError(absl::StrCat("dataset ", path_, ": cannot rename ",
-                                                    temp_path_, " to it: ",
-                                                    std::strerror(errno)));
+                                                    temp_path_, " to it: ", std::strerror(errno)));
   }
   const size_t slash = path_.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash + 1);

@@ -27,18 +27,18 @@ inline constexpr int64_t kDefaultChunkBytes = int64_t{1} << 20;  // ~1 MiB of wh
 
 struct DatasetInfo {
   std::string path;
-  int64_t num_samples = 0;  // N
-  int height = 0;           // H
-  int width = 0;            // W
-  int channels = 0;         // C
+  int64_t num_samples = 0;               // N
+  int height = 0;                        // H
+  int width = 0;                         // W
+  int channels = 0;                      // C
   std::vector<std::string> class_names;  // [num_classes]; labels are in [0, num_classes)
-  std::vector<float> mean;  // [C], per channel, of pixel / 255 over the whole file
-  std::vector<float> std;   // [C], per channel, of pixel / 255 over the whole file
-  std::string source;       // free text: where the data came from ("" if absent)
+  std::vector<float> mean;               // [C], per channel, of pixel / 255 over the whole file
+  std::vector<float> std;                // [C], per channel, of pixel / 255 over the whole file
+  std::string source;                    // free text: where the data came from ("" if absent)
   int format_version = 0;
-  int64_t chunk_samples = 0;      // images per /images chunk (0: contiguous, not chunked)
-  bool chunks_whole_images = true;  // chunk covers full H, W, C (else reads are slower)
-  int gzip_level = -1;            // -1: not compressed
+  int64_t chunk_samples = 0;               // images per /images chunk (0: contiguous, not chunked)
+  bool chunks_whole_images = true;         // chunk covers full H, W, C (else reads are slower)
+  int gzip_level = -1;                     // -1: not compressed
   std::vector<std::string> other_filters;  // filters besides gzip (e.g. shuffle)
 
   int num_classes() const { return static_cast<int>(class_names.size()); }
@@ -74,7 +74,7 @@ struct DatasetWriteOptions {
   int height = 0, width = 0, channels = 0;
   std::vector<std::string> class_names;
   std::string source;
-  int gzip_level = 0;                      // 0: none, 1..9: deflate
+  int gzip_level = 0;                        // 0: none, 1..9: deflate
   int64_t chunk_bytes = kDefaultChunkBytes;  // target bytes per /images chunk (whole images)
 };
 

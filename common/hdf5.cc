@@ -105,8 +105,7 @@ std::string TypeInfo::name() const {
 // Dataset
 
 Status Dataset::error(absl::string_view what) const {
-  return with_stack(absl::StatusCode::kInternal,
-                    absl::StrCat(file_path_, ": ", name_, ": ", what));
+  return with_stack(absl::StatusCode::kInternal, absl::StrCat(file_path_, ": ", name_, ": ", what));
 }
 
 StatusOr<std::vector<hsize_t>> Dataset::dims() const {
@@ -158,9 +157,8 @@ StatusOr<int> Dataset::gzip_level(std::vector<std::string>* other_filters) const
     unsigned cd[8] = {0};
     size_t cd_n = 8;
     char name[64] = {0};
-    const H5Z_filter_t f =
-        H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &cd_n, cd, sizeof(name),
-                       name, &config);
+    const H5Z_filter_t f = H5Pget_filter2(plist.get(), static_cast<unsigned>(i), &flags, &cd_n, cd,
+                                          sizeof(name), name, &config);
     if (f == H5Z_FILTER_DEFLATE) {
       level = cd_n > 0 ? static_cast<int>(cd[0]) : 6;
     } else if (other_filters != nullptr) {
@@ -176,24 +174,22 @@ namespace {
 Status select_rows(const Dataset& ds, int64_t first, int64_t count, Handle* file_space,
                    Handle* mem_space) {
   ASSIGN_OR_RETURN(std::vector<hsize_t> dims, ds.dims());
-  if (dims.empty() || first < 0 || count < 0 ||
-      static_cast<hsize_t>(first + count) > dims[0]) {
-    return absl::OutOfRangeError(absl::StrFormat(
-        "%s: %s: rows [%d, %d) requested, dataset has %d", ds.file_path(), ds.name(), first,
-        first + count, dims.empty() ? 0 : static_cast<int64_t>(dims[0])));
+  if (dims.empty() || first < 0 || count < 0 || static_cast<hsize_t>(first + count) > dims[0]) {
+    return absl::OutOfRangeError(absl::StrFormat("%s: %s: rows [%d, %d) requested, dataset has %d",
+                                                 ds.file_path(), ds.name(), first, first + count,
+                                                 dims.empty() ? 0 : static_cast<int64_t>(dims[0])));
   }
   *file_space = Handle(H5Dget_space(ds.id()), H5Sclose);
   std::vector<hsize_t> start(dims.size(), 0), counts = dims;
   start[0] = static_cast<hsize_t>(first);
   counts[0] = static_cast<hsize_t>(count);
-  if (!file_space->valid() || H5Sselect_hyperslab(file_space->get(), H5S_SELECT_SET,
-                                                  start.data(), nullptr, counts.data(),
-                                                  nullptr) < 0) {
+  if (!file_space->valid() || H5Sselect_hyperslab(file_space->get(), H5S_SELECT_SET, start.data(),
+                                                  nullptr, counts.data(), nullptr) < 0) {
     return with_stack(absl::StatusCode::kInternal,
                       absl::StrCat(ds.file_path(), ": ", ds.name(), ": cannot select rows"));
   }
-  *mem_space = Handle(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr),
-                      H5Sclose);
+  *mem_space =
+      Handle(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr), H5Sclose);
   if (!mem_space->valid()) {
     return with_stack(absl::StatusCode::kInternal,
                       absl::StrCat(ds.file_path(), ": ", ds.name(), ": cannot make dataspace"));
@@ -250,13 +246,13 @@ StatusOr<File> File::open(const std::string& path, bool writable) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": not an HDF5 file (no HDF5 signature found)"));
   }
-  if (is < 0) return with_stack(absl::StatusCode::kInvalidArgument,
-                                absl::StrCat(path, ": cannot be read as HDF5"));
+  if (is < 0)
+    return with_stack(absl::StatusCode::kInvalidArgument,
+                      absl::StrCat(path, ": cannot be read as HDF5"));
   Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   // Close everything the file owns when the file closes, so a File never leaks open objects.
   H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
-  Handle f(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, fapl.get()),
-           H5Fclose);
+  Handle f(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, fapl.get()), H5Fclose);
   if (!f.valid()) {
     return with_stack(absl::StatusCode::kInvalidArgument,
                       absl::StrCat(path, ": cannot open HDF5 file (damaged or truncated?)"));
@@ -316,9 +312,9 @@ StatusOr<Dataset> File::create_dataset(const std::string& name, hid_t file_type,
       return error(name, "cannot set gzip compression");
     }
   }
-  Handle d(H5Dcreate2(id(), name.c_str(), file_type, space.get(), H5P_DEFAULT, dcpl.get(),
-                      H5P_DEFAULT),
-           H5Dclose);
+  Handle d(
+      H5Dcreate2(id(), name.c_str(), file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+      H5Dclose);
   if (!d.valid()) return error(name, "cannot create dataset");
   return Dataset(std::move(d), path_, name);
 }
@@ -336,8 +332,7 @@ StatusOr<Handle> File::open_attribute(const std::string& object, const std::stri
     return absl::NotFoundError(
         absl::StrCat(path_, ": attribute ", attr, " of ", object, " is missing"));
   }
-  Handle a(H5Aopen_by_name(id(), object.c_str(), attr.c_str(), H5P_DEFAULT, H5P_DEFAULT),
-           H5Aclose);
+  Handle a(H5Aopen_by_name(id(), object.c_str(), attr.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   if (!a.valid()) return error(object, absl::StrCat("cannot open attribute ", attr));
   return a;
 }

@@ -37,8 +37,8 @@ Status validate_shard_plan_options(const ShardPlanOptions& o) {
         absl::StrFormat("shard plan: window_chunks is %d, expected >= 1", o.window_chunks));
   }
   if (o.samples_consumed < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "shard plan: samples_consumed is %d, expected >= 0", o.samples_consumed));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("shard plan: samples_consumed is %d, expected >= 0", o.samples_consumed));
   }
   if (o.epoch < 0) {
     return absl::InvalidArgumentError(
@@ -81,7 +81,7 @@ int64_t shard_samples_per_rank(const ShardPlanOptions& o) {
   if (o.world_size < 1) return 0;
   const int64_t r = remaining(o);
   return o.remainder == RemainderPolicy::kDrop ? r / o.world_size
-                                                : (r + o.world_size - 1) / o.world_size;
+                                               : (r + o.world_size - 1) / o.world_size;
 }
 
 namespace {

@@ -43,9 +43,9 @@ struct ShardPlanOptions {
   uint64_t seed = 0;
   int64_t epoch = 0;
   RemainderPolicy remainder = RemainderPolicy::kDrop;
-  bool shuffle = true;        // false: G is 0, 1, ..., N-1 (e.g. evaluation)
-  int64_t chunk_size = 1;     // samples per storage chunk; 1 = plain uniform shuffle
-  int64_t window_chunks = 16; // chunks whose samples are shuffled together
+  bool shuffle = true;         // false: G is 0, 1, ..., N-1 (e.g. evaluation)
+  int64_t chunk_size = 1;      // samples per storage chunk; 1 = plain uniform shuffle
+  int64_t window_chunks = 16;  // chunks whose samples are shuffled together
   // Resume point: positions of this epoch's global order G already consumed by all ranks
   // together, i.e. global step * global batch. Values >= N mean the epoch is over.
   int64_t samples_consumed = 0;

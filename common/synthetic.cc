@@ -10,10 +10,10 @@
 namespace resdist {
 namespace {
 
-constexpr int kShift = 2;  // maximum translation of a sample, in pixels
-constexpr uint64_t kClassStream = 0x636c617373ULL;    // "class"
-constexpr uint64_t kSampleStream = 0x73616d706cULL;   // "sampl"
-constexpr uint64_t kLabelStream = 0x6c6162656cULL;    // "label"
+constexpr int kShift = 2;                            // maximum translation of a sample, in pixels
+constexpr uint64_t kClassStream = 0x636c617373ULL;   // "class"
+constexpr uint64_t kSampleStream = 0x73616d706cULL;  // "sampl"
+constexpr uint64_t kLabelStream = 0x6c6162656cULL;   // "label"
 
 }  // namespace
 
@@ -24,16 +24,15 @@ StatusOr<SyntheticGenerator> SyntheticGenerator::create(const SyntheticSpec& spe
   }
   if (spec.height < 1 || spec.width < 1 || spec.height > 4096 || spec.width > 4096) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "synthetic: shape %dx%d, expected height and width in [1, 4096]", spec.height,
-        spec.width));
+        "synthetic: shape %dx%d, expected height and width in [1, 4096]", spec.height, spec.width));
   }
   if (spec.channels < 1 || spec.channels > 4) {
     return absl::InvalidArgumentError(
         absl::StrFormat("synthetic: channels is %d, expected 1..4", spec.channels));
   }
   if (spec.num_classes < 1 || spec.num_classes > 100000) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "synthetic: num_classes is %d, expected 1..100000", spec.num_classes));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("synthetic: num_classes is %d, expected 1..100000", spec.num_classes));
   }
   SyntheticGenerator gen(spec);
   const int ph = spec.height + 2 * kShift;
@@ -72,9 +71,8 @@ StatusOr<SyntheticGenerator> SyntheticGenerator::create(const SyntheticSpec& spe
 }
 
 int32_t SyntheticGenerator::label(int64_t i) const {
-  return static_cast<int32_t>(
-      hash_keys({spec_.seed, kLabelStream, static_cast<uint64_t>(i)}) %
-      static_cast<uint64_t>(spec_.num_classes));
+  return static_cast<int32_t>(hash_keys({spec_.seed, kLabelStream, static_cast<uint64_t>(i)}) %
+                              static_cast<uint64_t>(spec_.num_classes));
 }
 
 void SyntheticGenerator::fill(int64_t begin, int64_t count, uint8_t* images,

@@ -171,8 +171,7 @@ Status invalid_option(absl::string_view what) {
 }  // namespace
 
 void transform_image(const DatasetInfo& info, const AugmentOptions& augment, BatchLayout layout,
-                     uint64_t seed, int64_t epoch, int64_t sample, const uint8_t* src,
-                     float* dst) {
+                     uint64_t seed, int64_t epoch, int64_t sample, const uint8_t* src, float* dst) {
   const Normalizer norm(info);
   transform(norm, info.height, info.width, info.channels, augment.crop_padding,
             draw_augmentation(augment, seed, epoch, sample), layout, src, dst);
@@ -191,8 +190,8 @@ struct Loader::Impl {
   int64_t num_chunks = 0;
   bool in_memory = false;
 
-  Arena all_images;    // in-memory mode: (N, H, W, C)
-  Arena window;        // streaming mode: capacity_chunks * chunk_size images
+  Arena all_images;  // in-memory mode: (N, H, W, C)
+  Arena window;      // streaming mode: capacity_chunks * chunk_size images
   int64_t capacity_chunks = 0;
   std::vector<int64_t> chunk_offset;  // [num_chunks] byte offset in `window`, -1 if not loaded
 
@@ -243,8 +242,7 @@ struct Loader::Impl {
 
   // Reads the chunks needed by shard positions [begin, end) into `window`; returns the end of
   // the segment actually prepared (limited by the window capacity).
-  StatusOr<int64_t> prepare_segment(int64_t begin, int64_t end,
-                                    std::vector<int64_t>& chunks) {
+  StatusOr<int64_t> prepare_segment(int64_t begin, int64_t end, std::vector<int64_t>& chunks) {
     if (in_memory) return end;
     for (int64_t c : chunks) chunk_offset[c] = -1;
     chunks.clear();
@@ -267,8 +265,8 @@ struct Loader::Impl {
       uint8_t* dst = window.data() + buffer_chunk * chunk_size * image_bytes;
       RETURN_IF_ERROR(reader->read_images(first, last - first, dst));
       for (size_t k = i; k < j; ++k) {
-        chunk_offset[chunks[k]] = (buffer_chunk + static_cast<int64_t>(k - i)) * chunk_size *
-                                  image_bytes;
+        chunk_offset[chunks[k]] =
+            (buffer_chunk + static_cast<int64_t>(k - i)) * chunk_size * image_bytes;
       }
       buffer_chunk += static_cast<int64_t>(j - i);
       i = j;
@@ -311,8 +309,8 @@ struct Loader::Impl {
         }
         const int64_t index = shard.indices[pos];
         transform(norm, info.height, info.width, info.channels, options.augment.crop_padding,
-                  draw_augmentation(options.augment, options.seed, epoch, index),
-                  options.layout, sample_data(index), images + in_batch * image_floats);
+                  draw_augmentation(options.augment, options.seed, epoch, index), options.layout,
+                  sample_data(index), images + in_batch * image_floats);
         labels[in_batch] = reader->labels()[index];
         indices[in_batch] = index;
         if (pos < shard.num_valid) ++valid;
@@ -351,8 +349,8 @@ StatusOr<std::unique_ptr<Loader>> Loader::open(const LoaderOptions& o) {
     return invalid_option(absl::StrFormat("world_size is %d, expected >= 1", o.world_size));
   }
   if (o.rank < 0 || o.rank >= o.world_size) {
-    return invalid_option(absl::StrFormat("rank is %d, expected 0 <= rank < world_size (%d)",
-                                          o.rank, o.world_size));
+    return invalid_option(
+        absl::StrFormat("rank is %d, expected 0 <= rank < world_size (%d)", o.rank, o.world_size));
   }
   if (o.batch_size < 1) {
     return invalid_option(absl::StrFormat("batch_size is %d, expected >= 1", o.batch_size));
@@ -373,25 +371,25 @@ StatusOr<std::unique_ptr<Loader>> Loader::open(const LoaderOptions& o) {
   impl->info = impl->reader->info();
   const DatasetInfo& info = impl->info;
   if (o.augment.crop_padding < 0 || o.augment.crop_padding > std::max(info.height, info.width)) {
-    return invalid_option(absl::StrFormat(
-        "augment.crop_padding is %d, expected 0..%d (the image side) for %s",
-        o.augment.crop_padding, std::max(info.height, info.width), o.path));
+    return invalid_option(
+        absl::StrFormat("augment.crop_padding is %d, expected 0..%d (the image side) for %s",
+                        o.augment.crop_padding, std::max(info.height, info.width), o.path));
   }
   impl->norm = Normalizer(info);
   impl->image_bytes = info.image_bytes();
   impl->image_floats = info.image_bytes();
-  impl->chunk_size = o.chunk_size > 0 ? o.chunk_size
-                     : info.chunk_samples > 0
-                         ? info.chunk_samples
-                         : chunk_samples_for(info.image_bytes(), info.num_samples,
-                                             kDefaultChunkBytes);
+  impl->chunk_size =
+      o.chunk_size > 0 ? o.chunk_size
+      : info.chunk_samples > 0
+          ? info.chunk_samples
+          : chunk_samples_for(info.image_bytes(), info.num_samples, kDefaultChunkBytes);
   impl->chunk_size = std::min(impl->chunk_size, info.num_samples);
   impl->num_chunks = (info.num_samples + impl->chunk_size - 1) / impl->chunk_size;
 
   const int64_t total_bytes = info.num_samples * impl->image_bytes;
-  impl->in_memory = o.in_memory == InMemoryMode::kAlways ||
-                    (o.in_memory == InMemoryMode::kAuto &&
-                     total_bytes <= o.in_memory_threshold_bytes);
+  impl->in_memory =
+      o.in_memory == InMemoryMode::kAlways ||
+      (o.in_memory == InMemoryMode::kAuto && total_bytes <= o.in_memory_threshold_bytes);
   if (impl->in_memory) {
     if (!impl->all_images.allocate(static_cast<size_t>(total_bytes), /*prefault=*/false)) {
       return absl::ResourceExhaustedError(absl::StrFormat(

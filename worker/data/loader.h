@@ -72,12 +72,12 @@ struct LoaderOptions {
 // One batch. Pointers are owned by the Loader and stay valid until the next call to next(),
 // start_epoch() or the Loader's destruction.
 struct BatchView {
-  const float* images = nullptr;    // (size, C, H, W) for kNCHW, (size, H, W, C) for kNHWC
-  const int32_t* labels = nullptr;  // (size)
-  const int64_t* indices = nullptr; // (size) sample indices in the file (for debugging/tests)
-  int size = 0;     // samples in this batch: batch_size, or fewer for the last one
-  int valid = 0;    // samples [0, valid) are real; [valid, size) are pad duplicates (kPad only)
-  int64_t step = 0; // batch number since start_epoch (0-based)
+  const float* images = nullptr;     // (size, C, H, W) for kNCHW, (size, H, W, C) for kNHWC
+  const int32_t* labels = nullptr;   // (size)
+  const int64_t* indices = nullptr;  // (size) sample indices in the file (for debugging/tests)
+  int size = 0;                      // samples in this batch: batch_size, or fewer for the last one
+  int valid = 0;     // samples [0, valid) are real; [valid, size) are pad duplicates (kPad only)
+  int64_t step = 0;  // batch number since start_epoch (0-based)
 };
 
 class Loader {
@@ -123,7 +123,6 @@ class Loader {
 // Computes the normalized, augmented float image of one sample exactly as the loader does;
 // `src` is (H, W, C) uint8, `dst` is (C, H, W) or (H, W, C). Exposed for tests and tools.
 void transform_image(const DatasetInfo& info, const AugmentOptions& augment, BatchLayout layout,
-                     uint64_t seed, int64_t epoch, int64_t sample, const uint8_t* src,
-                     float* dst);
+                     uint64_t seed, int64_t epoch, int64_t sample, const uint8_t* src, float* dst);
 
 }  // namespace resdist::data

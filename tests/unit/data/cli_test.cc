@@ -40,7 +40,8 @@ void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes, boo
     gzclose(g);
   } else {
     std::ofstream(path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
   }
 }
 
@@ -80,8 +81,10 @@ void expect_failure(const CliRun& r, const TempDir& dir, const std::string& file
 TEST(Cli, SyntheticConvertAndInspect) {
   TempDir dir;
   const std::string out = dir.file("syn.h5");
-  CliRun r = run_cli("dataset convert --from synthetic --num 1000 --shape 32x32x3 --classes 5 "
-                  "--seed 7 --gzip --out " + out);
+  CliRun r = run_cli(
+      "dataset convert --from synthetic --num 1000 --shape 32x32x3 --classes 5 "
+      "--seed 7 --gzip --out " +
+      out);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("wrote " + out + ": 1000 images 32x32x3, 5 classes"), std::string::npos)
       << r.output;
@@ -99,9 +102,9 @@ TEST(Cli, IdxGzippedAndRaw) {
   for (bool gz : {false, true}) {
     TempDir dir;
     write_idx(dir.file("img"), dir.file("lab"), 25, 5, 4, gz);
-    CliRun r = run_cli("dataset convert --from idx --images " + dir.file("img") + " --labels " +
-                    dir.file("lab") + " --class-names a,b,c,d,e,f,g,h,i,j --out " +
-                    dir.file("o.h5"));
+    CliRun r =
+        run_cli("dataset convert --from idx --images " + dir.file("img") + " --labels " +
+                dir.file("lab") + " --class-names a,b,c,d,e,f,g,h,i,j --out " + dir.file("o.h5"));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     auto reader = DatasetReader::open(dir.file("o.h5"));
     ASSERT_TRUE(reader.ok()) << reader.status();
@@ -123,7 +126,7 @@ TEST(Cli, FashionMnistFromDebianPackage) {
   }
   TempDir dir;
   CliRun r = run_cli("dataset convert --from idx --images " + base + "t10k-images-idx3-ubyte.gz " +
-                  "--labels " + base + "t10k-labels-idx1-ubyte.gz --out " + dir.file("fm.h5"));
+                     "--labels " + base + "t10k-labels-idx1-ubyte.gz --out " + dir.file("fm.h5"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = run_cli("dataset inspect " + dir.file("fm.h5"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -142,7 +145,7 @@ TEST(Cli, Cifar10RecordsAreTransposedToHwc) {
   }
   write_bytes(dir.file("data_batch_1.bin"), bytes);
   CliRun r = run_cli("dataset convert --from cifar10 --input " + dir.file("data_batch_1.bin") +
-                  " --out " + dir.file("c.h5"));
+                     " --out " + dir.file("c.h5"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto reader = DatasetReader::open(dir.file("c.h5")).value();
   EXPECT_EQ(reader->info().class_names[4], "deer");
@@ -177,7 +180,7 @@ TEST(Cli, FolderOfImages) {
   write_png(in + "/dog/a.png", 16, 16, 50);
   std::ofstream(in + "/dog/readme.txt") << "not an image, ignored";
   CliRun r = run_cli("dataset convert --from folder --input " + in + " --size 12x12 --out " +
-                  dir.file("f.h5"));
+                     dir.file("f.h5"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto reader = DatasetReader::open(dir.file("f.h5")).value();
   EXPECT_EQ(reader->info().num_samples, 3);
@@ -197,7 +200,7 @@ TEST(CliBadInput, UnreadableImageInFolder) {
   write_png(in + "/a/ok.png", 4, 4, 1);
   std::ofstream(in + "/a/broken.png") << "this is not a PNG";
   CliRun r = run_cli("dataset convert --from folder --input " + in + " --size 4x4 --out " +
-                  dir.file("f.h5"));
+                     dir.file("f.h5"));
   expect_failure(r, dir, in + "/a/broken.png", "cannot decode image");
 }
 
@@ -205,7 +208,7 @@ TEST(CliBadInput, IdxWrongMagic) {
   TempDir dir;
   write_idx(dir.file("img"), dir.file("lab"), 5, 4, 4, false, 0x802);
   CliRun r = run_cli("dataset convert --from idx --images " + dir.file("img") + " --labels " +
-                  dir.file("lab") + " --out " + dir.file("o.h5"));
+                     dir.file("lab") + " --out " + dir.file("o.h5"));
   expect_failure(r, dir, dir.file("img"), "magic number 0x00000802, expected 0x00000803");
 }
 
@@ -214,7 +217,7 @@ TEST(CliBadInput, IdxTruncatedBody) {
     TempDir dir;
     write_idx(dir.file("img"), dir.file("lab"), 5, 4, 4, gz, 0x803, 7);
     CliRun r = run_cli("dataset convert --from idx --images " + dir.file("img") + " --labels " +
-                    dir.file("lab") + " --out " + dir.file("o.h5"));
+                       dir.file("lab") + " --out " + dir.file("o.h5"));
     expect_failure(r, dir, dir.file("img"), "truncated body");
   }
 }
@@ -222,16 +225,17 @@ TEST(CliBadInput, IdxTruncatedBody) {
 TEST(CliBadInput, IdxTruncatedGzipStream) {
   TempDir dir;
   write_idx(dir.file("img.gz"), dir.file("lab.gz"), 200, 28, 28, true);
-  std::filesystem::resize_file(dir.file("img.gz"), std::filesystem::file_size(dir.file("img.gz")) / 2);
+  std::filesystem::resize_file(dir.file("img.gz"),
+                               std::filesystem::file_size(dir.file("img.gz")) / 2);
   CliRun r = run_cli("dataset convert --from idx --images " + dir.file("img.gz") + " --labels " +
-                  dir.file("lab.gz") + " --out " + dir.file("o.h5"));
+                     dir.file("lab.gz") + " --out " + dir.file("o.h5"));
   expect_failure(r, dir, dir.file("img.gz"), "truncated");
 }
 
 TEST(CliBadInput, MissingInputFile) {
   TempDir dir;
   CliRun r = run_cli("dataset convert --from idx --images " + dir.file("nope") + " --labels " +
-                  dir.file("nope2") + " --out " + dir.file("o.h5"));
+                     dir.file("nope2") + " --out " + dir.file("o.h5"));
   expect_failure(r, dir, dir.file("nope"), "No such file");
 }
 
@@ -256,8 +260,8 @@ TEST(CliBadInput, InspectInvalidFiles) {
 
 TEST(CliBadInput, MissingFlags) {
   TempDir dir;
-  CliRun r = run_cli("dataset convert --from folder --input " + dir.path() + " --out " +
-                  dir.file("o.h5"));
+  CliRun r =
+      run_cli("dataset convert --from folder --input " + dir.path() + " --out " + dir.file("o.h5"));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--size is required"), std::string::npos) << r.output;
   r = run_cli("dataset convert --from synthetic --num 10 --shape 28x28 --out " + dir.file("o.h5"));

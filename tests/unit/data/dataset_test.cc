@@ -134,7 +134,8 @@ x.tofile(sys.argv[1] + '.raw')
   EXPECT_EQ((*r)->info().chunk_samples, 10);
   std::vector<uint8_t> images(50 * 5 * 7 * 3), raw(images.size());
   ASSERT_TRUE((*r)->read_images(0, 50, images.data()).ok());
-  std::ifstream(path + ".raw", std::ios::binary).read(reinterpret_cast<char*>(raw.data()), raw.size());
+  std::ifstream(path + ".raw", std::ios::binary)
+      .read(reinterpret_cast<char*>(raw.data()), raw.size());
   EXPECT_EQ(images, raw);
 }
 

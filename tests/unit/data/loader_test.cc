@@ -22,8 +22,7 @@ struct Fixture {
   int h, w, c;
   Fixture(int64_t n, int h_, int w_, int c_, int64_t chunk_images = 16)
       : path(dir.file("d.h5")), h(h_), w(w_), c(c_) {
-    data = resdist::testing::write_synthetic(path, n, h, w, c, 10, 3,
-                                             chunk_images * h * w * c);
+    data = resdist::testing::write_synthetic(path, n, h, w, c, 10, 3, chunk_images * h * w * c);
   }
   const uint8_t* image(int64_t i) const { return data.images.data() + i * h * w * c; }
 };

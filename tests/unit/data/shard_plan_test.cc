@@ -11,8 +11,8 @@
 namespace resdist {
 namespace {
 
-ShardPlanOptions make(int64_t n, int w, RemainderPolicy p, int64_t chunk = 1,
-                      int64_t window = 4, int64_t epoch = 0) {
+ShardPlanOptions make(int64_t n, int w, RemainderPolicy p, int64_t chunk = 1, int64_t window = 4,
+                      int64_t epoch = 0) {
   ShardPlanOptions o;
   o.num_samples = n;
   o.world_size = w;
@@ -86,7 +86,8 @@ TEST(ShardPlan, DeterministicAndDifferentPerEpoch) {
   }
   ShardPlanOptions other_seed = make(500, 4, RemainderPolicy::kDrop, 7, 3, 5);
   other_seed.seed = 43;
-  EXPECT_NE(epoch_order(other_seed).value(), epoch_order(make(500, 4, RemainderPolicy::kDrop, 7, 3, 5)).value());
+  EXPECT_NE(epoch_order(other_seed).value(),
+            epoch_order(make(500, 4, RemainderPolicy::kDrop, 7, 3, 5)).value());
 }
 
 // The plan must be identical on every machine and standard library (workers and coordinator

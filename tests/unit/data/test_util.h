@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/dataset.h"
 #include "common/hdf5.h"
 #include "common/synthetic.h"
@@ -47,7 +48,7 @@ class TempDir {
 
 inline std::vector<std::string> numbered_classes(int k) {
   std::vector<std::string> v;
-  for (int i = 0; i < k; ++i) v.push_back("c" + std::to_string(i));
+  for (int i = 0; i < k; ++i) v.push_back(absl::StrCat("c", i));
   return v;
 }
 
@@ -117,7 +118,8 @@ inline void write_raw(const std::string& path, const RawSpec& spec) {
     ASSERT_TRUE(f->write_int_attribute("/", "format_version", kDatasetFormatVersion).ok());
   }
   if (spec.class_names) {
-    ASSERT_TRUE(f->write_strings_attribute("/", "class_names", numbered_classes(spec.classes)).ok());
+    ASSERT_TRUE(
+        f->write_strings_attribute("/", "class_names", numbered_classes(spec.classes)).ok());
   }
   if (spec.mean_std) {
     ASSERT_TRUE(
