@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -48,6 +49,9 @@ struct BatchNormSpec {
   float eps = 1e-5f;
   float momentum = 0.1f;   // PyTorch convention: running = (1-m)*running + m*batch
   bool fuse_relu = false;  // dst = relu(bn(src)); backward applies the ReLU mask too
+  // Synchronized batch norm: sums a float buffer element-wise over all ranks, in place (the
+  // same call order on every rank). Empty: per-rank statistics.
+  std::function<void(float* data, size_t count)> allreduce_sum;
 };
 
 class BatchNormOp {
@@ -119,6 +123,11 @@ class AddOp {
   // dst = a + b without ReLU (b's layout may differ): sums the gradients of a tensor that
   // fans out to two consumers.
   virtual void sum(const Tensor& a, const Tensor& b, Tensor& dst) = 0;
+  // dst = (a + b) * (relu_out > 0): the fan-out gradient sum of a block's input fused with the
+  // ReLU backward of the block that produced that input (relu_out is its output). One pass
+  // instead of two over the largest tensors of the backward pass.
+  virtual void sum_relu_backward(const Tensor& a, const Tensor& b, const Tensor& relu_out,
+                                 Tensor& dst) = 0;
 };
 
 class DropoutOp {
@@ -182,5 +191,10 @@ class Backend {
 
 // oneDNN on the CPU with `threads` OpenMP threads (0 = leave the runtime's default).
 std::unique_ptr<Backend> MakeCpuBackend(int threads);
+
+// The CPU batch norm whose statistics and backward reductions are summed over ranks through
+// spec.allreduce_sum (backend/cpu/sync_batchnorm.cc); CpuBackend::batchnorm returns it when that
+// callback is set.
+std::unique_ptr<BatchNormOp> MakeCpuSyncBatchNorm(const BatchNormSpec& spec);
 
 }  // namespace resdist

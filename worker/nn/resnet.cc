@@ -28,8 +28,41 @@ Conv2dSpec ConvSpec(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t 
 
 enum class Shortcut { kIdentity, kOptionA, kProjection };
 
+// A residual block y = relu(main(x) + shortcut(x)). When blocks are chained, the ReLU backward
+// of block k-1's output and the fan-out sum of block k's input gradient are one fused pass:
+// block k writes dx = (dmain + dshortcut) * (x > 0) (its x is block k-1's ReLU output), and
+// block k-1 then takes its output gradient as already masked.
+class ResidualBlock : public Module {
+ public:
+  void chain_after(ResidualBlock& previous) {
+    mask_input_grad_ = true;
+    previous.grad_premasked_ = true;
+  }
+  virtual BatchNorm2d& last_bn() = 0;
+
+ protected:
+  // The gradient at the pre-ReLU sum: g = dy * (y > 0), or dy itself when premasked.
+  const Tensor& sum_grad(AddOp& add, const Tensor& dy) {
+    if (grad_premasked_) return dy;
+    add.backward(y_, dy, g_);
+    return g_;
+  }
+  const Tensor& input_grad(AddOp& add, const Tensor& dmain, const Tensor& dshort) {
+    if (mask_input_grad_) add.sum_relu_backward(dmain, dshort, *x_, dx_);
+    else add.sum(dmain, dshort, dx_);
+    return dx_;
+  }
+
+  const Tensor* x_ = nullptr;
+  Tensor y_, g_, dx_;
+
+ private:
+  bool mask_input_grad_ = false;
+  bool grad_premasked_ = false;
+};
+
 // out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))
-class BasicBlock final : public Module {
+class BasicBlock final : public ResidualBlock {
  public:
   BasicBlock(NnContext* ctx, const std::string& p, int64_t in, int64_t out, int64_t stride,
              Shortcut shortcut, float bn_momentum)
@@ -51,6 +84,7 @@ class BasicBlock final : public Module {
   }
 
   const Tensor& forward(const Tensor& x, bool training) override {
+    x_ = &x;
     const Tensor& h = bn2_.forward(conv2_.forward(bn1_.forward(conv1_.forward(x, training), training), training), training);
     const Tensor* s = &x;
     if (shortcut_ == Shortcut::kProjection) {
@@ -64,18 +98,17 @@ class BasicBlock final : public Module {
   }
 
   const Tensor& backward(const Tensor& dy) override {
-    add_->backward(y_, dy, g_);
+    const Tensor& g = sum_grad(*add_, dy);
     // Shortcut first: its parameters' gradients are ready earlier for the reducer.
-    const Tensor* ds = &g_;
+    const Tensor* ds = &g;
     if (shortcut_ == Shortcut::kProjection) {
-      ds = &down_conv_->backward(down_bn_->backward(g_));
+      ds = &down_conv_->backward(down_bn_->backward(g));
     } else if (shortcut_ == Shortcut::kOptionA) {
-      option_a_->backward(g_, short_grad_);
+      option_a_->backward(g, short_grad_);
       ds = &short_grad_;
     }
-    const Tensor& dmain = conv1_.backward(bn1_.backward(conv2_.backward(bn2_.backward(g_))));
-    add_->sum(dmain, *ds, dx_);
-    return dx_;
+    const Tensor& dmain = conv1_.backward(bn1_.backward(conv2_.backward(bn2_.backward(g))));
+    return input_grad(*add_, dmain, *ds);
   }
 
   void collect(std::vector<Parameter*>* params, std::vector<Buffer*>* buffers) override {
@@ -89,7 +122,7 @@ class BasicBlock final : public Module {
     }
   }
 
-  BatchNorm2d& last_bn() { return bn2_; }
+  BatchNorm2d& last_bn() override { return bn2_; }
 
  private:
   NnContext* ctx_;
@@ -103,11 +136,11 @@ class BasicBlock final : public Module {
   std::unique_ptr<BatchNorm2d> down_bn_;
   std::unique_ptr<ShortcutAOp> option_a_;
   std::unique_ptr<AddOp> add_;
-  Tensor short_out_, short_grad_, y_, g_, dx_;
+  Tensor short_out_, short_grad_;
 };
 
 // torchvision Bottleneck (v1.5): 1x1 reduce, 3x3 (carries the stride), 1x1 expand (x4).
-class Bottleneck final : public Module {
+class Bottleneck final : public ResidualBlock {
  public:
   Bottleneck(NnContext* ctx, const std::string& p, int64_t in, int64_t width, int64_t stride,
              bool project, float bn_momentum)
@@ -125,6 +158,7 @@ class Bottleneck final : public Module {
   }
 
   const Tensor& forward(const Tensor& x, bool t) override {
+    x_ = &x;
     const Tensor& h = bn3_.forward(
         conv3_.forward(bn2_.forward(conv2_.forward(bn1_.forward(conv1_.forward(x, t), t), t), t), t), t);
     const Tensor* s = &x;
@@ -134,13 +168,12 @@ class Bottleneck final : public Module {
   }
 
   const Tensor& backward(const Tensor& dy) override {
-    add_->backward(y_, dy, g_);
-    const Tensor* ds = &g_;
-    if (down_conv_) ds = &down_conv_->backward(down_bn_->backward(g_));
+    const Tensor& g = sum_grad(*add_, dy);
+    const Tensor* ds = &g;
+    if (down_conv_) ds = &down_conv_->backward(down_bn_->backward(g));
     const Tensor& dmain = conv1_.backward(
-        bn1_.backward(conv2_.backward(bn2_.backward(conv3_.backward(bn3_.backward(g_))))));
-    add_->sum(dmain, *ds, dx_);
-    return dx_;
+        bn1_.backward(conv2_.backward(bn2_.backward(conv3_.backward(bn3_.backward(g))))));
+    return input_grad(*add_, dmain, *ds);
   }
 
   void collect(std::vector<Parameter*>* params, std::vector<Buffer*>* buffers) override {
@@ -152,7 +185,7 @@ class Bottleneck final : public Module {
     }
   }
 
-  BatchNorm2d& last_bn() { return bn3_; }
+  BatchNorm2d& last_bn() override { return bn3_; }
 
  private:
   Conv2d conv1_;
@@ -164,7 +197,6 @@ class Bottleneck final : public Module {
   std::unique_ptr<Conv2d> down_conv_;
   std::unique_ptr<BatchNorm2d> down_bn_;
   std::unique_ptr<AddOp> add_;
-  Tensor y_, g_, dx_;
 };
 
 // The dense residual MLP block: y = relu(x + fc2(relu(fc1(dropout(x))))), 1024 -> 512 -> 1024.
@@ -339,7 +371,7 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
   NnContext* ctx = &m->ctx_;
   Sequential& net = m->net_;
   const float mom = spec.bn_momentum;
-  std::vector<BatchNorm2d*> residual_last_bns;
+  std::vector<ResidualBlock*> blocks;
   int64_t features = 0;
 
   if (info.family == ArchInfo::kCifar) {
@@ -357,7 +389,7 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
           sc = spec.shortcut == 'A' ? Shortcut::kOptionA : Shortcut::kProjection;
         auto block = std::make_unique<BasicBlock>(
             ctx, absl::StrCat("layer", stage + 1, ".", b), in, out, stride, sc, mom);
-        residual_last_bns.push_back(&block->last_bn());
+        blocks.push_back(block.get());
         net.add(std::move(block));
         in = out;
       }
@@ -399,7 +431,7 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
           const int64_t out = widths[stage] * 4;
           auto block = std::make_unique<Bottleneck>(ctx, name, in, widths[stage], stride,
                                                     stride != 1 || in != out, mom);
-          residual_last_bns.push_back(&block->last_bn());
+          blocks.push_back(block.get());
           net.add(std::move(block));
           in = out;
         } else {
@@ -407,7 +439,7 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
           auto block = std::make_unique<BasicBlock>(
               ctx, name, in, out, stride,
               (stride != 1 || in != out) ? Shortcut::kProjection : Shortcut::kIdentity, mom);
-          residual_last_bns.push_back(&block->last_bn());
+          blocks.push_back(block.get());
           net.add(std::move(block));
           in = out;
         }
@@ -442,7 +474,8 @@ StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* ba
     }
   }
   if (spec.zero_init_residual)
-    for (BatchNorm2d* bn : residual_last_bns) bn->gamma().value.zero();
+    for (ResidualBlock* b : blocks) b->last_bn().gamma().value.zero();
+  for (size_t i = 1; i < blocks.size(); ++i) blocks[i]->chain_after(*blocks[i - 1]);
   return m;
 }
 

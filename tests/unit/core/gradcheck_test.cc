@@ -424,6 +424,41 @@ TEST_F(GradCheck, ShortcutOptionA) {
   Check("shortcut A dx", x, dx, fwd, r);
 }
 
+TEST_F(GradCheck, ShortcutOptionAInBlockedLayoutMatchesPlain) {
+  // 16 -> 32 channels, as ResNet-20's first downsampling block, and 20 -> 36 (padded blocks).
+  for (auto [c, co] : {std::pair<int64_t, int64_t>{16, 32}, {20, 36}}) {
+    const Dims xd{2, c, 6, 5};
+    Tensor x = Random(xd, 40), xb;
+    const MemDesc blocked(dnnl::memory::dims(xd.begin(), xd.end()), dnnl::memory::data_type::f32,
+                          dnnl::memory::format_tag::aBcd16b);
+    backend_->reorder(x, xb, blocked);
+    auto plain_op = backend_->shortcut_a();
+    auto blocked_op = backend_->shortcut_a();
+    Tensor yp, yb, dxp, dxb;
+    plain_op->forward(x, yp, co, 2);
+    blocked_op->forward(xb, yb, co, 2);
+    EXPECT_FALSE(yb.is_plain());
+    EXPECT_EQ(Plain(yp), Plain(yb));
+    Tensor dy = FromVector(yp.dims(), Upstream(yp.numel(), 41)), dyb;
+    backend_->reorder(dy, dyb, yb.desc());
+    plain_op->backward(dy, dxp);
+    blocked_op->backward(dyb, dxb);
+    EXPECT_EQ(Plain(dxp), Plain(dxb));
+  }
+}
+
+TEST_F(GradCheck, SumReluBackwardFusesSumAndMask) {
+  auto op = backend_->add(false);
+  Tensor a = Random({2, 3, 4, 4}, 42), b = Random({2, 3, 4, 4}, 43), y = Random({2, 3, 4, 4}, 44);
+  for (int64_t i = 0; i < y.numel(); ++i) y.data()[i] = std::max(0.f, y.data()[i]);  // ReLU output
+  Tensor fused, sum, masked;
+  op->sum_relu_backward(a, b, y, fused);
+  op->sum(a, b, sum);
+  auto relu = backend_->relu();
+  relu->backward(y, sum, masked);
+  EXPECT_EQ(Plain(fused), Plain(masked));
+}
+
 TEST_F(GradCheck, SoftmaxCrossEntropy) {
   for (float smoothing : {0.f, 0.1f}) {
     auto op = backend_->softmax_cross_entropy();

@@ -590,6 +590,20 @@ class CpuAdd final : public AddOp {
     }
   }
 
+  void sum_relu_backward(const Tensor& a, const Tensor& b, const Tensor& relu_out,
+                         Tensor& dst) override {
+    const Tensor& bb = InLayout(*ctx_, b, a.desc(), acc_scratch_, acc_r_);
+    const Tensor& m = InLayout(*ctx_, relu_out, a.desc(), mask_scratch_, mask_r_);
+    dst.resize(a.desc());
+    const float* pa = a.data();
+    const float* pb = bb.data();
+    const float* pm = m.data();
+    float* pd = dst.data();
+    const int64_t n = a.physical_size();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) pd[i] = pm[i] > 0.f ? pa[i] + pb[i] : 0.f;
+  }
+
   void sum(const Tensor& a, const Tensor& b, Tensor& dst) override {
     const Tensor& s = InLayout(*ctx_, b, a.desc(), acc_scratch_, acc_r_);
     dst.resize(a.desc());
@@ -610,8 +624,8 @@ class CpuAdd final : public AddOp {
   CpuRelu relu_;
   MemDesc fwd_md_, acc_md_;
   dnnl::binary fwd_, acc_;
-  Tensor b_scratch_, acc_scratch_;
-  CachedReorder b_r_, acc_r_;
+  Tensor b_scratch_, acc_scratch_, mask_scratch_;
+  CachedReorder b_r_, acc_r_, mask_r_;
 };
 
 // ---------------------------------------------------------------- dropout
@@ -678,6 +692,11 @@ class CpuShortcutA final : public ShortcutAOp {
     co_ = out_channels, stride_ = stride;
     ho_ = (h_ + stride - 1) / stride, wo_ = (w_ + stride - 1) / stride;
     lo_ = (co_ - c_) / 2;
+    blocked_ = src.desc() == Blocked16(d);
+    if (blocked_) {
+      forward_blocked(src, dst);
+      return;
+    }
     const Tensor& x = InLayout(*ctx_, src, PlainDesc(d), plain_in_, in_r_);
     dst.resize(Dims{n_, co_, ho_, wo_});
     const float* xp = x.data();
@@ -698,6 +717,10 @@ class CpuShortcutA final : public ShortcutAOp {
   }
 
   void backward(const Tensor& ddst, Tensor& dsrc) override {
+    if (blocked_) {
+      backward_blocked(ddst, dsrc);
+      return;
+    }
     const Tensor& g = InLayout(*ctx_, ddst, PlainDesc({n_, co_, ho_, wo_}), plain_g_, g_r_);
     dsrc.resize(Dims{n_, c_, h_, w_});
     const float* gp = g.data();
@@ -714,8 +737,64 @@ class CpuShortcutA final : public ShortcutAOp {
   }
 
  private:
+  static MemDesc Blocked16(const Dims& d) {
+    return MemDesc(ToDnnl(d), dt::f32, tag::aBcd16b);
+  }
+
+  // The activations' own layout (nChw16c): channel c of pixel (n, h, w) lives at
+  // ((n * ceil(C/16) + c/16) * H + h) * W * 16 + w * 16 + c % 16, padding channels are zero.
+  // Working in it directly avoids four full-tensor reorders per downsampling block.
+  void forward_blocked(const Tensor& src, Tensor& dst) {
+    dst.resize(Blocked16({n_, co_, ho_, wo_}));
+    const int64_t cib = (c_ + 15) / 16, cob = (co_ + 15) / 16;
+    const float* xp = src.data();
+    float* yp = dst.data();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < n_; ++n)
+      for (int64_t ob = 0; ob < cob; ++ob)
+        for (int64_t i = 0; i < ho_; ++i) {
+          float* yrow = yp + ((n * cob + ob) * ho_ + i) * wo_ * 16;
+          for (int64_t j = 0; j < wo_; ++j)
+            for (int64_t l = 0; l < 16; ++l) {
+              const int64_t ci = ob * 16 + l - lo_;
+              yrow[j * 16 + l] =
+                  (ci >= 0 && ci < c_)
+                      ? xp[((n * cib + ci / 16) * h_ + i * stride_) * w_ * 16 + j * stride_ * 16 + ci % 16]
+                      : 0.f;
+            }
+        }
+  }
+
+  void backward_blocked(const Tensor& ddst, Tensor& dsrc) {
+    const Tensor& g =
+        InLayout(*ctx_, ddst, Blocked16({n_, co_, ho_, wo_}), plain_g_, g_r_);
+    dsrc.resize(Blocked16({n_, c_, h_, w_}));
+    const int64_t cib = (c_ + 15) / 16, cob = (co_ + 15) / 16;
+    const float* gp = g.data();
+    float* dp = dsrc.data();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < n_; ++n)
+      for (int64_t ib = 0; ib < cib; ++ib)
+        for (int64_t i = 0; i < h_; ++i) {
+          float* drow = dp + ((n * cib + ib) * h_ + i) * w_ * 16;
+          if (i % stride_ != 0) {
+            std::memset(drow, 0, sizeof(float) * w_ * 16);
+            continue;
+          }
+          for (int64_t j = 0; j < w_; ++j)
+            for (int64_t l = 0; l < 16; ++l) {
+              const int64_t ci = ib * 16 + l, co = ci + lo_;
+              drow[j * 16 + l] =
+                  (j % stride_ == 0 && ci < c_)
+                      ? gp[((n * cob + co / 16) * ho_ + i / stride_) * wo_ * 16 + (j / stride_) * 16 + co % 16]
+                      : 0.f;
+            }
+        }
+  }
+
   CpuContext* ctx_;
   int64_t n_ = 0, c_ = 0, h_ = 0, w_ = 0, co_ = 0, ho_ = 0, wo_ = 0, lo_ = 0, stride_ = 1;
+  bool blocked_ = false;
   Tensor plain_in_, plain_g_;
   CachedReorder in_r_, g_r_;
 };
@@ -786,6 +865,7 @@ class CpuBackend final : public Backend {
     return std::make_unique<CpuConv2d>(&ctx_, s);
   }
   std::unique_ptr<BatchNormOp> batchnorm(const BatchNormSpec& s) override {
+    if (s.allreduce_sum) return MakeCpuSyncBatchNorm(s);
     return std::make_unique<CpuBatchNorm>(&ctx_, s);
   }
   std::unique_ptr<ReluOp> relu() override { return std::make_unique<CpuRelu>(&ctx_); }
