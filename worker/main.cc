@@ -1,13 +1,18 @@
-// resdist-worker: trains a ResNet in one process on an HDF5 dataset or synthetic data.
-// (Data-parallel launch under mpirun and the coordinator protocol build on this binary.)
+// resdist-worker: trains a ResNet. With --config job.yaml it runs the job file, data parallel
+// across the ranks of `mpirun -np N resdist-worker --config job.yaml` (a world of one without
+// mpirun); without --config the flags describe a single-process run.
 #include <cstdio>
+#include <exception>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/job_spec.h"
 #include "common/log.h"
+#include "worker/comm/communicator.h"
 #include "worker/nn/model.h"
+#include "worker/train/job.h"
 #include "worker/train/trainer.h"
 
 namespace resdist {
@@ -29,6 +34,11 @@ struct Flags {
   bool flip = false;
   std::string progress = "auto";
   std::string in_memory = "auto";
+  // --config mode
+  std::string config;
+  double bucket_mb = 0;  // > 0: overrides comm.bucket_mb
+  JobOverrides overrides;
+  int TEST_fail_at_startup_rank = -1;
 };
 
 Status ParseShape(const std::string& text, SyntheticSpec* spec) {
@@ -75,6 +85,63 @@ StatusOr<std::unique_ptr<BatchSource>> OpenSource(const Flags& f, const std::str
   o.drop_last_batch = training;
   o.shuffle_seed = f.seed;
   return MakeSyntheticSource(o);
+}
+
+// Runs the job file on every rank of the MPI job (or a world of one). Any error on any rank ends
+// the whole job through Communicator::abort with that rank's message.
+int RunConfig(Flags& f, const CLI::App& app) {
+  std::unique_ptr<Communicator> comm;
+  if (LaunchedByMpiRuntime()) {
+    auto c = MakeMpiCommunicator();
+    if (!c.ok()) {
+      std::fprintf(stderr, "resdist-worker: %s\n", std::string(c.status().message()).c_str());
+      return 2;
+    }
+    comm = std::move(*c);
+  } else {
+    comm = MakeSingleCommunicator();
+  }
+  Communicator* cm = comm.get();
+  auto fail = [cm](const Status& s, int code) { cm->abort(std::string(s.message()), code); };
+  try {
+    if (cm->rank() == f.TEST_fail_at_startup_rank)
+      fail(absl::InternalError("TEST_fail_at_startup_rank: injected start-up failure"), 1);
+    auto job = ParseJobFile(f.config);
+    if (!job.ok()) fail(job.status(), 2);
+    if (app.count("--epochs")) job->epochs = f.train.epochs;
+    if (app.count("--max-steps-per-epoch")) job->max_steps_per_epoch = f.train.max_steps_per_epoch;
+    if (app.count("--threads")) job->threads_per_worker = f.threads;
+    if (app.count("--progress")) job->progress = f.progress;
+    if (f.bucket_mb > 0) job->comm.bucket_mb = f.bucket_mb;
+    if (Status s = ValidateJobSpec(*job); !s.ok()) fail(s, 2);
+    Logger log("worker", cm->rank(), job->name);
+    auto session = JobSession::Create(*job, cm, f.overrides, log);
+    if (!session.ok()) fail(session.status(), 2);
+    auto result = (*session)->run();
+    if (!result.ok()) fail(result.status(), 1);
+    if (cm->rank() == 0) {
+      if (result->final_eval.samples > 0)
+        std::printf("final eval accuracy: %.4f (%lld images, loss %.4f)\n",
+                    result->final_eval.accuracy,
+                    static_cast<long long>(result->final_eval.samples), result->final_eval.loss);
+      else if (!result->epochs.empty())
+        std::printf("final train accuracy: %.4f (no evaluation data)\n",
+                    result->epochs.back().train_accuracy);
+      if (result->step_seconds > 0)
+        std::printf(
+            "throughput: %.1f images/s (%d ranks x %lld, steady state after %lld steps), "
+            "step %.4f s, communication wait %.4f s per step%s\n",
+            result->images_per_s, cm->size(),
+            static_cast<long long>((*session)->train_config().batch_size),
+            static_cast<long long>(Trainer::kTimingWarmupSteps), result->step_seconds,
+            result->comm_wait_seconds, f.overrides.skip_allreduce ? " (all-reduce skipped)" : "");
+      std::fflush(stdout);
+    }
+    session->reset();
+  } catch (const std::exception& e) {
+    fail(absl::InternalError(absl::StrCat("uncaught exception: ", e.what())), 1);
+  }
+  return 0;
 }
 
 int Run(Flags& f) {
@@ -148,7 +215,18 @@ int Run(Flags& f) {
 
 int main(int argc, char** argv) {
   resdist::Flags f;
-  CLI::App app{"resdist-worker: train a ResNet (single process)"};
+  CLI::App app{"resdist-worker: train a ResNet (--config job.yaml: the job file, data parallel "
+               "under mpirun)"};
+  app.add_option("--config", f.config, "job file (YAML or JSON, docs/job-file.md); other flags "
+                 "then override --epochs, --max-steps-per-epoch, --threads, --progress");
+  app.add_option("--bucket-mb", f.bucket_mb, "override comm.bucket_mb");
+  app.add_option("--check-replicas-every", f.overrides.check_replicas_every,
+                 "verify bit-identical parameters on all ranks every N steps (0: never)");
+  // Hidden: benchmarks and tests.
+  app.add_flag("--skip-allreduce", f.overrides.skip_allreduce)->group("");
+  app.add_option("--TEST_fail_rank", f.overrides.TEST_fail_rank)->group("");
+  app.add_option("--TEST_fail_at_step", f.overrides.TEST_fail_at_step)->group("");
+  app.add_option("--TEST_fail_at_startup_rank", f.TEST_fail_at_startup_rank)->group("");
   app.add_option("--arch", f.model.arch, "resnet20|32|44|56|110, resnet18|34|50|101|152, resmlp");
   app.add_option_function<int64_t>("--num-classes", [&](int64_t v) {
     f.model.num_classes = v;
@@ -188,5 +266,6 @@ int main(int argc, char** argv) {
   app.add_option("--progress", f.progress, "auto|bar|lines|off");
   app.add_option("--metrics", f.train.metrics_path, "append JSON-lines metrics to this file");
   CLI11_PARSE(app, argc, argv);
+  if (!f.config.empty()) return resdist::RunConfig(f, app);
   return resdist::Run(f);
 }

@@ -64,7 +64,8 @@ void Conv2d::collect(std::vector<Parameter*>* params, std::vector<Buffer*>*) {
 BatchNorm2d::BatchNorm2d(NnContext* ctx, const std::string& prefix, int64_t channels,
                          bool fuse_relu, float momentum, float eps)
     : ctx_(ctx),
-      op_(ctx->backend->batchnorm(BatchNormSpec{channels, eps, momentum, fuse_relu})) {
+      op_(ctx->backend->batchnorm(
+          BatchNormSpec{channels, eps, momentum, fuse_relu, ctx->bn_allreduce_sum})) {
   gamma_.name = prefix + ".weight";
   beta_.name = prefix + ".bias";
   running_mean_.name = prefix + ".running_mean";

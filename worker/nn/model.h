@@ -38,8 +38,11 @@ Status ValidateModelSpec(const ModelSpec& spec);
 
 class Model {
  public:
-  static StatusOr<std::unique_ptr<Model>> Build(const ModelSpec& spec, Backend* backend,
-                                                uint64_t seed);
+  // `bn_allreduce_sum` (optional) makes every batch norm synchronized across ranks: it sums a
+  // float buffer over all ranks in place (NnContext::bn_allreduce_sum).
+  static StatusOr<std::unique_ptr<Model>> Build(
+      const ModelSpec& spec, Backend* backend, uint64_t seed,
+      std::function<void(float* data, size_t count)> bn_allreduce_sum = {});
 
   // images: plain (N, C, H, W) float. Returns logits (N, num_classes), valid until the next
   // forward. A training forward advances the dropout step counter.

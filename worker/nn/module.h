@@ -32,6 +32,9 @@ struct Buffer {
 struct NnContext {
   Backend* backend = nullptr;
   std::function<void(Parameter&)> on_grad_ready;  // may be empty
+  // Sums a float buffer over all ranks in place: batch-norm layers built with it set use
+  // synchronized (global) batch statistics. Empty: per-rank statistics.
+  std::function<void(float* data, size_t count)> bn_allreduce_sum;
   uint64_t seed = 0;
   uint64_t step = 0;  // incremented by the model at every training forward
 

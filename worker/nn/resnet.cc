@@ -361,14 +361,16 @@ Model::Model(const ModelSpec& spec, Backend* backend, uint64_t seed) : spec_(spe
   ctx_.seed = seed;
 }
 
-StatusOr<std::unique_ptr<Model>> Model::Build(const ModelSpec& spec, Backend* backend,
-                                              uint64_t seed) {
+StatusOr<std::unique_ptr<Model>> Model::Build(
+    const ModelSpec& spec, Backend* backend, uint64_t seed,
+    std::function<void(float* data, size_t count)> bn_allreduce_sum) {
   RETURN_IF_ERROR(ValidateModelSpec(spec));
   ArchInfo info;
   LookupArch(spec.arch, &info);
   if (!spec.stage_blocks.empty()) info.blocks = spec.stage_blocks;
   std::unique_ptr<Model> m(new Model(spec, backend, seed));
   NnContext* ctx = &m->ctx_;
+  ctx->bn_allreduce_sum = std::move(bn_allreduce_sum);
   Sequential& net = m->net_;
   const float mom = spec.bn_momentum;
   std::vector<ResidualBlock*> blocks;

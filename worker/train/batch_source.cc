@@ -59,12 +59,28 @@ class SyntheticSource final : public BatchSource {
                         " classes, seed ", o_.data.seed, ")");
   }
   Status start_epoch(int64_t epoch, int64_t consumed) override {
+    if (o_.use_shard_plan) {
+      ShardPlanOptions p;
+      p.num_samples = static_cast<int64_t>(labels_.size());
+      p.world_size = o_.world_size;
+      p.seed = o_.shuffle_seed;
+      p.epoch = epoch;
+      p.remainder = o_.drop_last_batch ? RemainderPolicy::kDrop : RemainderPolicy::kPad;
+      p.shuffle = o_.shuffle;
+      p.samples_consumed = consumed;
+      ASSIGN_OR_RETURN(RankShard shard, plan_rank_shard(p, o_.rank));
+      order_ = std::move(shard.indices);
+      num_valid_ = shard.num_valid;
+      pos_ = 0;
+      return absl::OkStatus();
+    }
     std::iota(order_.begin(), order_.end(), int64_t{0});
     if (o_.shuffle) std::shuffle(order_.begin(), order_.end(), std::mt19937_64(o_.shuffle_seed * 1000003 + epoch));
     if (consumed < 0 || consumed > static_cast<int64_t>(order_.size()))
       return absl::InvalidArgumentError(absl::StrCat("samples_consumed ", consumed,
                                                      " is outside [0, ", order_.size(), "]"));
     pos_ = consumed;
+    num_valid_ = static_cast<int64_t>(order_.size());
     return absl::OkStatus();
   }
   int64_t batches_in_epoch() const override {
@@ -81,8 +97,9 @@ class SyntheticSource final : public BatchSource {
       std::memcpy(images + i * per, images_.data() + s * per, per * sizeof(float));
       labels[i] = labels_[s];
     }
+    *size = static_cast<int>(count);
+    *valid = static_cast<int>(std::clamp<int64_t>(num_valid_ - pos_, 0, count));
     pos_ += count;
-    *size = *valid = static_cast<int>(count);
     return true;
   }
   Status status() const override { return absl::OkStatus(); }
@@ -91,7 +108,8 @@ class SyntheticSource final : public BatchSource {
   SyntheticSourceOptions o_;
   std::vector<float> images_;  // (N, C, H, W), normalized
   std::vector<int32_t> labels_;
-  std::vector<int64_t> order_;
+  std::vector<int64_t> order_;  // this epoch's sample indices (this rank's shard)
+  int64_t num_valid_ = 0;       // order_[0, num_valid_) are real, the rest pad duplicates
   int64_t pos_ = 0;
 };
 
@@ -103,6 +121,9 @@ StatusOr<std::unique_ptr<BatchSource>> OpenLoaderSource(const data::LoaderOption
 }
 
 StatusOr<std::unique_ptr<BatchSource>> MakeSyntheticSource(const SyntheticSourceOptions& o) {
+  if (o.use_shard_plan && (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size))
+    return absl::InvalidArgumentError(absl::StrCat("synthetic source: rank ", o.rank,
+                                                   " is outside world size ", o.world_size));
   if (o.batch_size < 1)
     return absl::InvalidArgumentError(
         absl::StrCat("batch_size: ", o.batch_size, " is not allowed; expected >= 1"));

@@ -41,10 +41,17 @@ struct SyntheticSourceOptions {
   bool shuffle = true;
   bool drop_last_batch = true;
   uint64_t shuffle_seed = 0;
+  // Data parallel: serve this rank's part of each epoch as the shard plan deals it
+  // (common/shard_plan.h: global order by shuffle_seed and epoch, round-robin over ranks, kDrop
+  // for training, kPad with `valid` counts for evaluation), exactly like the HDF5 loader. With
+  // it, step k of W ranks with batch B reads the same samples as step k of 1 rank with batch W*B.
+  bool use_shard_plan = false;
+  int rank = 0;
+  int world_size = 1;
 };
 
 // Generates the whole synthetic set once, normalizes it by its own per-channel mean/std, and
-// serves it in a seeded shuffled order per epoch (single process).
+// serves it in a seeded shuffled order per epoch (single process), or one rank's shard of it.
 StatusOr<std::unique_ptr<BatchSource>> MakeSyntheticSource(const SyntheticSourceOptions& options);
 
 }  // namespace resdist
