@@ -212,6 +212,11 @@ NETWORKS = {
                         label_smoothing=0.1),
     "mlp": dict(arch="resmlp", mlp_width=32, mlp_hidden=16, input=(4, 1, 6, 6), num_classes=3,
                 label_smoothing=0.0),
+    # (appended last: the seed of each network is 1000 + its position)
+    # Width 8 (8/16/32 channels): the 16 -> 32 option-A shortcut then runs on oneDNN's
+    # 16-channel blocked layout (resdist's direct blocked kernel), not on a plain copy.
+    "cifar_a16": dict(arch="resnet20", shortcut="A", base_width=8, stage_blocks=[1, 1, 1],
+                      input=(4, 3, 8, 8), num_classes=5, label_smoothing=0.0),
 }
 
 SGD_STEPS = 3

@@ -293,6 +293,7 @@ TEST_P(GoldenTest, MatchesPyTorch) {
 INSTANTIATE_TEST_SUITE_P(PyTorch, GoldenTest,
                          ::testing::Values(Case{"cifar_a", kForward, kGrad, kAfter},
                                            Case{"cifar_b", kForward, kGrad, kAfter},
+                                           Case{"cifar_a16", kForward, kGrad, kAfter},
                                            Case{"bottleneck", kForward, kGrad, kAfter},
                                            Case{"resnet_stem", kForward, kGrad, {1e-4, 5e-4}},
                                            Case{"mlp", kForward, kGrad, kAfter}),
