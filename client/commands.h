@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "client/rpc.h"
+
 namespace resdist::client {
 
 // What a command's callback reports back to main(): the process exit status.
@@ -13,5 +15,9 @@ struct CommandResult {
 
 // `resdist dataset convert|inspect`.
 void register_dataset_commands(CLI::App& app, CommandResult& result);
+
+// `resdist submit|jobs|status|watch|checkpoint|cancel|logs` (job_commands.cc). `global` is
+// filled by the parser before any callback runs.
+void register_job_commands(CLI::App& app, const GlobalOptions& global, CommandResult& result);
 
 }  // namespace resdist::client

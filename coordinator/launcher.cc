@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -227,6 +228,11 @@ void LocalLauncher::ReapLoop() {
 
 StatusOr<LaunchResult> ExternalLauncher::Launch(const LaunchRequest& request) {
   LaunchResult r = DescribeLaunch(request, "mpirun", worker_binary_, {});
+  // Workers started by hand join whatever attempt is current (RESDIST_ATTEMPT unset = 0), so the
+  // printed command stays valid after a restart.
+  r.env.erase(std::remove_if(r.env.begin(), r.env.end(),
+                             [](const std::string& e) { return e.rfind("RESDIST_ATTEMPT=", 0) == 0; }),
+              r.env.end());
   std::vector<std::string> words;
   for (const std::string& e : r.env) words.push_back(ShellQuote(e));
   for (const std::string& a : r.command) words.push_back(ShellQuote(a));
