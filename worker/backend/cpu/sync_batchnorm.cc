@@ -112,7 +112,8 @@ class CpuSyncBatchNorm final : public BatchNormOp {
     if (t.ndims() != 2 && t.ndims() != 4) return false;
     if (t.desc() == PlainDesc(t.dims())) return true;
     if (t.ndims() != 4) return false;
-    const memory::dims d(t.dims().begin(), t.dims().end());
+    const Dims dims = t.dims();
+    const memory::dims d(dims.begin(), dims.end());
     return t.desc() == MemDesc(d, memory::data_type::f32, memory::format_tag::nChw16c) ||
            t.desc() == MemDesc(d, memory::data_type::f32, memory::format_tag::nChw8c);
   }
