@@ -914,7 +914,8 @@ StatusOr<LatestCheckpoint> FindLatestValidCheckpoint(
 }
 
 StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir, int64_t keep_last,
-                                                    const std::vector<std::string>& protect) {
+                                                    const std::vector<std::string>& protect,
+                                                    const std::string& just_written) {
   namespace fs = std::filesystem;
   std::vector<std::string> deleted;
   if (keep_last <= 0) return deleted;
@@ -928,10 +929,17 @@ StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir, int6
   for (const std::string& p : protect) {
     if (!p.empty()) keep_set.push_back(canonical(p));
   }
+  const std::string newest = just_written.empty() ? "" : canonical(just_written);
   int64_t kept = 0;
+  bool newest_listed = false;
   for (const CheckpointFile& file : files) {
-    const bool is_protected =
-        std::find(keep_set.begin(), keep_set.end(), canonical(file.path)) != keep_set.end();
+    if (!newest.empty() && canonical(file.path) == newest) newest_listed = true;
+  }
+  if (newest_listed) kept = 1;
+  for (const CheckpointFile& file : files) {
+    const std::string c = canonical(file.path);
+    if (c == newest) continue;
+    const bool is_protected = std::find(keep_set.begin(), keep_set.end(), c) != keep_set.end();
     if (is_protected) continue;
     if (kept < keep_last) {
       ++kept;

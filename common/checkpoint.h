@@ -161,11 +161,15 @@ struct LatestCheckpoint {
 StatusOr<LatestCheckpoint> FindLatestValidCheckpoint(
     const std::string& dir, const std::function<void(const std::string&)>& on_skip = {});
 
-// Deletes all but the newest `keep_last` checkpoint files of `dir` (0 keeps all), never
-// deleting a path listed in `protect` (e.g. the file the current run resumed from; it does
-// not count towards keep_last). Returns the deleted paths.
+// Deletes all but the newest `keep_last` checkpoint files of `dir` (0 keeps all), newest by
+// name (global step, then epoch). Never deletes a path listed in `protect` (e.g. the file the
+// current run resumed from; protected files do not count towards keep_last). `just_written`
+// (optional) is always kept and counts as one of the keep_last, even when older-named files
+// exist (a run that resumed from an earlier step than a damaged newer file). Returns the
+// deleted paths.
 StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir, int64_t keep_last,
-                                                    const std::vector<std::string>& protect);
+                                                    const std::vector<std::string>& protect,
+                                                    const std::string& just_written = "");
 
 // Deletes temporary files that crashed writers left in `dir` (".ckpt-*.tmp-*"). Call only when
 // no other process writes checkpoints into `dir`. Returns the deleted paths.
