@@ -286,8 +286,8 @@ StatusOr<h5::Handle> create_dataset(const h5::File& f, const std::string& name, 
   h5::Handle space(dims.empty() ? H5Screate(H5S_SCALAR)
                                 : H5Screate_simple(static_cast<int>(hd.size()), hd.data(), nullptr),
                    H5Sclose);
-  h5::Handle d(space.valid() ? H5Dcreate2(f.id(), name.c_str(), file_type, space.get(),
-                                          H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)
+  h5::Handle d(space.valid() ? H5Dcreate2(f.id(), name.c_str(), file_type, space.get(), H5P_DEFAULT,
+                                          H5P_DEFAULT, H5P_DEFAULT)
                              : -1,
                H5Dclose);
   if (!d.valid()) {
@@ -352,8 +352,7 @@ Status WriteCheckpoint(const std::string& path, const CheckpointMeta& meta_in,
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint ", path, ": arch is empty; expected the model architecture"));
   }
-  if (meta.epoch < 0 || meta.global_step < 0 || meta.samples_consumed < 0 ||
-      meta.world_size < 1) {
+  if (meta.epoch < 0 || meta.global_step < 0 || meta.samples_consumed < 0 || meta.world_size < 1) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "checkpoint %s: epoch %d, global_step %d, samples_consumed %d, world_size %d; expected "
         "epoch, step and samples >= 0 and world_size >= 1",
@@ -369,8 +368,8 @@ Status WriteCheckpoint(const std::string& path, const CheckpointMeta& meta_in,
     for (const CheckpointTensorView& v : views) {
       RETURN_IF_ERROR(valid_name(path, section, v.name));
       if (!seen.emplace(v.name, true).second) {
-        return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, ": ", section,
-                                                       " tensor ", v.name, " appears twice"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("checkpoint ", path, ": ", section, " tensor ", v.name, " appears twice"));
       }
       for (int64_t d : v.dims) {
         if (d < 0) {
@@ -381,8 +380,8 @@ Status WriteCheckpoint(const std::string& path, const CheckpointMeta& meta_in,
       }
       const int64_t n = product(v.dims);
       if (n > 0 && v.data == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, ": ", section,
-                                                       " tensor ", v.name, " has no data"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("checkpoint ", path, ": ", section, " tensor ", v.name, " has no data"));
       }
       if (v.stored == StoredType::kInt64) {
         if (is_momentum || section == std::string_view("params")) {
@@ -415,8 +414,8 @@ Status WriteCheckpoint(const std::string& path, const CheckpointMeta& meta_in,
       } else {
         if (section == std::string_view("params")) param_by_name[v.name] = &v;
         items.push_back(
-            {absl::StrCat(section == std::string_view("params") ? kParamsGroup : kBuffersGroup,
-                          "/", v.name),
+            {absl::StrCat(section == std::string_view("params") ? kParamsGroup : kBuffersGroup, "/",
+                          v.name),
              &v});
       }
     }
@@ -467,16 +466,16 @@ Status WriteCheckpoint(const std::string& path, const CheckpointMeta& meta_in,
         if (!meta.rng_state.empty() && H5Dwrite(d.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL,
                                                 H5P_DEFAULT, meta.rng_state.data()) < 0) {
           return absl::InternalError(absl::StrCat("checkpoint ", temp, ": cannot write ",
-                                                  it.hdf5_path, " (HDF5: ",
-                                                  h5::take_error_stack(), ")"));
+                                                  it.hdf5_path, " (HDF5: ", h5::take_error_stack(),
+                                                  ")"));
         }
       } else {
         const CheckpointTensorView& v = *it.view;
         const int64_t n = product(v.dims);
         const bool int64 = v.stored == StoredType::kInt64;
-        ASSIGN_OR_RETURN(h5::Handle d, create_dataset(f, it.hdf5_path,
-                                                      int64 ? H5T_STD_I64LE : H5T_IEEE_F32LE,
-                                                      v.dims));
+        ASSIGN_OR_RETURN(
+            h5::Handle d,
+            create_dataset(f, it.hdf5_path, int64 ? H5T_STD_I64LE : H5T_IEEE_F32LE, v.dims));
         cs.dataset_header(it.hdf5_path, int64 ? kCodeInt64 : kCodeFloat32, v.dims);
         const void* bytes = v.data;
         hid_t mem_type = H5T_NATIVE_FLOAT;
@@ -489,8 +488,8 @@ Status WriteCheckpoint(const std::string& path, const CheckpointMeta& meta_in,
         cs.raw(bytes, static_cast<size_t>(n) * (int64 ? 8 : 4));
         if (n > 0 && H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes) < 0) {
           return absl::InternalError(absl::StrCat("checkpoint ", temp, ": cannot write ",
-                                                  it.hdf5_path, " (HDF5: ",
-                                                  h5::take_error_stack(), ")"));
+                                                  it.hdf5_path, " (HDF5: ", h5::take_error_stack(),
+                                                  ")"));
         }
       }
       if (i == items.size() / 2 && options.TEST_on_stage) {
@@ -587,8 +586,7 @@ StatusOr<T> read_integer_attribute(const h5::File& f, const char* attr) {
   ASSIGN_OR_RETURN(h5::Handle a, open_root_attribute(f, attr));
   h5::Handle type(H5Aget_type(a.get()), H5Tclose);
   h5::Handle space(H5Aget_space(a.get()), H5Sclose);
-  if (H5Tget_class(type.get()) != H5T_INTEGER ||
-      H5Sget_simple_extent_npoints(space.get()) != 1) {
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Sget_simple_extent_npoints(space.get()) != 1) {
     return schema_error(f.path(), absl::StrCat("attribute ", attr, " is not a scalar integer"));
   }
   T value{};
@@ -627,8 +625,7 @@ StatusOr<DatasetRead> read_dataset(const h5::File& f, const std::string& name, b
   StatusOr<std::vector<hsize_t>> dims = ds->dims();
   StatusOr<h5::TypeInfo> type = ds->type();
   if (!dims.ok() || !type.ok()) {
-    return absl::DataLossError(
-        prefixed(dims.ok() ? type.status() : dims.status()).message());
+    return absl::DataLossError(prefixed(dims.ok() ? type.status() : dims.status()).message());
   }
   DatasetRead out;
   out.dims.assign(dims->begin(), dims->end());
@@ -641,9 +638,9 @@ StatusOr<DatasetRead> read_dataset(const h5::File& f, const std::string& name, b
   std::vector<int64_t> ints;
   if (uint8) {
     if (et != h5::ElementType::kUInt8 || out.dims.size() != 1) {
-      return schema_error(f.path(), absl::StrCat(name, " is ", type->name(), " ",
-                                                 dims_string(out.dims),
-                                                 ", expected a 1-d uint8 array"));
+      return schema_error(f.path(),
+                          absl::StrCat(name, " is ", type->name(), " ", dims_string(out.dims),
+                                       ", expected a 1-d uint8 array"));
     }
     code = kCodeUInt8;
     out.bytes.resize(static_cast<size_t>(n));
@@ -706,9 +703,9 @@ StatusOr<CheckpointContents> read_checkpoint(const std::string& path, bool keep)
   CheckpointMeta& m = c.meta;
   ASSIGN_OR_RETURN(m.format_version, read_integer_attribute<int64_t>(f, kAttrVersion));
   if (m.format_version != kCheckpointFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", path, ": format_version is ", m.format_version,
-        ", this build reads version ", kCheckpointFormatVersion));
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", path, ": format_version is ", m.format_version,
+                     ", this build reads version ", kCheckpointFormatVersion));
   }
   ASSIGN_OR_RETURN(m.arch, read_string(f, kAttrArch));
   ASSIGN_OR_RETURN(m.epoch, read_integer_attribute<int64_t>(f, kAttrEpoch));
@@ -735,9 +732,11 @@ StatusOr<CheckpointContents> read_checkpoint(const std::string& path, bool keep)
   enum Section { kParam, kBuffer, kMomentum, kRng };
   std::vector<std::pair<std::string, Section>> datasets;
   ASSIGN_OR_RETURN(std::vector<std::string> pnames, group_members(f, kParamsGroup));
-  for (const std::string& n : pnames) datasets.push_back({absl::StrCat(kParamsGroup, "/", n), kParam});
+  for (const std::string& n : pnames)
+    datasets.push_back({absl::StrCat(kParamsGroup, "/", n), kParam});
   ASSIGN_OR_RETURN(std::vector<std::string> bnames, group_members(f, kBuffersGroup));
-  for (const std::string& n : bnames) datasets.push_back({absl::StrCat(kBuffersGroup, "/", n), kBuffer});
+  for (const std::string& n : bnames)
+    datasets.push_back({absl::StrCat(kBuffersGroup, "/", n), kBuffer});
   ASSIGN_OR_RETURN(std::vector<std::string> onames, group_members(f, kOptimizerGroup));
   for (const std::string& n : onames) {
     const std::string g = absl::StrCat(kOptimizerGroup, "/", n);
@@ -788,19 +787,20 @@ StatusOr<CheckpointContents> read_checkpoint(const std::string& path, bool keep)
   for (const CheckpointTensor& mt : c.momentum) {
     const CheckpointTensor* p = c.find_param(mt.name);
     if (p == nullptr || p->dims != mt.dims) {
-      return schema_error(path, absl::StrCat("/optimizer/", mt.name, "/momentum has shape ",
-                                             dims_string(mt.dims), " but /params/", mt.name,
-                                             p == nullptr ? " is missing"
-                                                          : absl::StrCat(" has shape ",
-                                                                         dims_string(p->dims))));
+      return schema_error(
+          path, absl::StrCat("/optimizer/", mt.name, "/momentum has shape ", dims_string(mt.dims),
+                             " but /params/", mt.name,
+                             p == nullptr ? " is missing"
+                                          : absl::StrCat(" has shape ", dims_string(p->dims))));
     }
   }
   return c;
 }
 
 const CheckpointTensor* find_in(const std::vector<CheckpointTensor>& v, std::string_view name) {
-  auto it = std::lower_bound(v.begin(), v.end(), name,
-                             [](const CheckpointTensor& t, std::string_view n) { return t.name < n; });
+  auto it =
+      std::lower_bound(v.begin(), v.end(), name,
+                       [](const CheckpointTensor& t, std::string_view n) { return t.name < n; });
   return it != v.end() && it->name == name ? &*it : nullptr;
 }
 
@@ -906,11 +906,11 @@ StatusOr<LatestCheckpoint> FindLatestValidCheckpoint(
     if (on_skip) on_skip(line);
     latest.skipped.push_back(std::move(line));
   }
-  return absl::NotFoundError(absl::StrCat(
-      "checkpoint directory ", dir, ": no valid checkpoint",
-      files.empty() ? " (no ckpt-e*-s*.h5 files)"
-                    : absl::StrCat(" among ", files.size(), " files: ",
-                                   absl::StrJoin(latest.skipped, "; "))));
+  return absl::NotFoundError(
+      absl::StrCat("checkpoint directory ", dir, ": no valid checkpoint",
+                   files.empty() ? " (no ckpt-e*-s*.h5 files)"
+                                 : absl::StrCat(" among ", files.size(),
+                                                " files: ", absl::StrJoin(latest.skipped, "; "))));
 }
 
 StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir, int64_t keep_last,
@@ -946,8 +946,8 @@ StatusOr<std::vector<std::string>> PruneCheckpoints(const std::string& dir, int6
       continue;
     }
     if (::unlink(file.path.c_str()) != 0 && errno != ENOENT) {
-      return absl::PermissionDeniedError(absl::StrCat("checkpoint ", file.path,
-                                                      ": cannot delete: ", std::strerror(errno)));
+      return absl::PermissionDeniedError(
+          absl::StrCat("checkpoint ", file.path, ": cannot delete: ", std::strerror(errno)));
     }
     deleted.push_back(file.path);
   }

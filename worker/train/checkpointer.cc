@@ -51,8 +51,8 @@ StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointerO
     return absl::InvalidArgumentError("checkpoint.dir is empty; expected a directory");
   }
   if (options.keep_last < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "checkpoint.keep_last: ", options.keep_last, " is not allowed; expected >= 0 (0 = all)"));
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint.keep_last: ", options.keep_last,
+                                                   " is not allowed; expected >= 0 (0 = all)"));
   }
   std::error_code ec;
   std::filesystem::create_directories(options.dir, ec);
@@ -101,9 +101,9 @@ StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointerO
     }
     for (size_t i = 0; i < ps.size(); ++i) {
       if (m[i].numel() != ps[i]->value.numel()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "checkpoint: momentum buffer of ", ps[i]->name, " has ", m[i].numel(),
-            " elements, the parameter ", ps[i]->value.numel()));
+        return absl::FailedPreconditionError(
+            absl::StrCat("checkpoint: momentum buffer of ", ps[i]->name, " has ", m[i].numel(),
+                         " elements, the parameter ", ps[i]->value.numel()));
       }
       RETURN_IF_ERROR(
           add(&c->momentum_, ps[i]->name, m[i], StoredType::kFloat32, ps[i]->value.dims()));
@@ -128,9 +128,10 @@ StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Create(const CheckpointerO
     StatusOr<std::vector<std::string>> removed = RemoveStaleTempFiles(options.dir);
     if (removed.ok()) {
       for (const std::string& p : *removed) {
-        c->logger_.warn(absl::StrCat("checkpoint: removed temporary file of an interrupted "
-                                     "write: ",
-                                     p));
+        c->logger_.warn(
+            absl::StrCat("checkpoint: removed temporary file of an interrupted "
+                         "write: ",
+                         p));
       }
     }
   }
@@ -266,8 +267,8 @@ void Checkpointer::write_one(const std::string& path, const CheckpointMeta& meta
       logger_.warn(absl::StrCat("checkpoint: pruning failed: ", deleted.status().message()));
     } else {
       for (const std::string& p : *deleted) {
-        logger_.info(absl::StrCat("checkpoint: pruned ", p, " (keep_last ", options_.keep_last,
-                                  ")"));
+        logger_.info(
+            absl::StrCat("checkpoint: pruned ", p, " (keep_last ", options_.keep_last, ")"));
       }
     }
   }
@@ -280,21 +281,19 @@ Status RestoreCheckpoint(const std::string& path, Model* model, Sgd* sgd, Checkp
   ASSIGN_OR_RETURN(CheckpointContents c, ReadCheckpoint(path));
   const std::string& arch = model->spec().arch;
   if (c.meta.arch != arch) {
-    return absl::FailedPreconditionError(absl::StrCat("checkpoint ", path, ": holds a ",
-                                                      c.meta.arch, " model, expected ", arch));
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", path, ": holds a ", c.meta.arch, " model, expected ", arch));
   }
   auto mismatch = [&](const std::string& where, const std::vector<int64_t>& stored,
                       const std::vector<int64_t>& expected) {
-    return absl::FailedPreconditionError(absl::StrCat("checkpoint ", path, ": ", where,
-                                                      " has shape ", dims_string(stored),
-                                                      ", the ", arch, " model expects ",
-                                                      dims_string(expected)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", path, ": ", where, " has shape ", dims_string(stored), ", the ",
+                     arch, " model expects ", dims_string(expected)));
   };
   auto missing = [&](const std::string& where, const std::vector<int64_t>& expected) {
-    return absl::FailedPreconditionError(absl::StrCat("checkpoint ", path, ": ", where,
-                                                      " is missing; the ", arch,
-                                                      " model has it with shape ",
-                                                      dims_string(expected)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", path, ": ", where, " is missing; the ", arch,
+                     " model has it with shape ", dims_string(expected)));
   };
 
   // Pass 1: check everything.
@@ -302,7 +301,8 @@ Status RestoreCheckpoint(const std::string& path, Model* model, Sgd* sgd, Checkp
     const CheckpointTensor* t = c.find_param(p->name);
     const std::vector<int64_t> dims = p->value.dims();
     if (t == nullptr) return missing(absl::StrCat("/params/", p->name), dims);
-    if (!same_shape(t->dims, dims)) return mismatch(absl::StrCat("/params/", p->name), t->dims, dims);
+    if (!same_shape(t->dims, dims))
+      return mismatch(absl::StrCat("/params/", p->name), t->dims, dims);
   }
   for (const Buffer* b : model->buffers()) {
     const CheckpointTensor* t = c.find_buffer(b->name);
@@ -314,16 +314,15 @@ Status RestoreCheckpoint(const std::string& path, Model* model, Sgd* sgd, Checkp
   }
   for (const CheckpointTensor& t : c.params) {
     if (model->find_parameter(t.name) == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "checkpoint ", path, ": /params/", t.name, " is not a parameter of the ", arch,
-          " model (", model->parameters().size(), " parameters)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("checkpoint ", path, ": /params/", t.name, " is not a parameter of the ",
+                       arch, " model (", model->parameters().size(), " parameters)"));
     }
   }
   for (const CheckpointTensor& t : c.buffers) {
     if (model->find_buffer(t.name) == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat("checkpoint ", path, ": /buffers/",
-                                                        t.name, " is not a buffer of the ", arch,
-                                                        " model"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint ", path, ": /buffers/", t.name, " is not a buffer of the ", arch, " model"));
     }
   }
   const bool restore_momentum = sgd != nullptr && !c.momentum.empty();

@@ -80,7 +80,7 @@ class Checkpointer {
 
  private:
   struct Entry {
-    CheckpointTensorView view;  // data points into the arena
+    CheckpointTensorView view;      // data points into the arena
     const float* source = nullptr;  // the live tensor (plain layout)
     int64_t count = 0;
     size_t offset = 0;  // floats from the start of the arena
@@ -103,14 +103,14 @@ class Checkpointer {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool pending_ = false;               // GUARDED_BY(mu_): a snapshot waits for / is in writing
-  bool stop_ = false;                  // GUARDED_BY(mu_)
-  std::string pending_path_;           // GUARDED_BY(mu_)
-  CheckpointMeta pending_meta_;        // GUARDED_BY(mu_)
-  bool pending_with_momentum_ = false; // GUARDED_BY(mu_)
-  Status error_;                       // GUARDED_BY(mu_): first unreported write error
-  std::string last_written_;           // GUARDED_BY(mu_)
-  std::vector<std::string> protect_;   // GUARDED_BY(mu_)
+  bool pending_ = false;                // GUARDED_BY(mu_): a snapshot waits for / is in writing
+  bool stop_ = false;                   // GUARDED_BY(mu_)
+  std::string pending_path_;            // GUARDED_BY(mu_)
+  CheckpointMeta pending_meta_;         // GUARDED_BY(mu_)
+  bool pending_with_momentum_ = false;  // GUARDED_BY(mu_)
+  Status error_;                        // GUARDED_BY(mu_): first unreported write error
+  std::string last_written_;            // GUARDED_BY(mu_)
+  std::vector<std::string> protect_;    // GUARDED_BY(mu_)
   std::thread thread_;
 };
 

@@ -1,8 +1,6 @@
 // common/checkpoint: XXH64, round trip, corruption and truncation, schema errors, file names,
 // latest-valid selection, pruning, and crash safety of the atomic writer (SIGKILL of a child
 // process at each stage of a write). Real files in a temporary directory.
-#include "common/checkpoint.h"
-
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <signal.h>
@@ -17,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/checkpoint.h"
 #include "common/hdf5.h"
 #include "tests/unit/checkpoint/test_util.h"
 
@@ -82,7 +81,9 @@ struct Payload {
     add(&buffers, "bn1.running_mean", {8 * scale}, seed + 7);
     add(&buffers, "bn1.running_var", {8 * scale}, seed + 8);
     values["b:bn1.num_batches_tracked"] = {12345.f};
-    buffers.push_back({"bn1.num_batches_tracked", {}, StoredType::kInt64,
+    buffers.push_back({"bn1.num_batches_tracked",
+                       {},
+                       StoredType::kInt64,
                        values["b:bn1.num_batches_tracked"].data()});
     for (const CheckpointTensorView& p : params) {
       const std::string key = "m:" + p.name;
@@ -346,17 +347,17 @@ TEST(CheckpointFilesTest, NamesParseAndSort) {
   EXPECT_TRUE(ParseCheckpointFileName("ckpt-e0003-s000001234.h5", &e, &s));
   EXPECT_EQ(e, 3);
   EXPECT_EQ(s, 1234);
-  for (const char* bad : {"ckpt-e3-s.h5", "ckpt-e0003-s000001234.h5.tmp-77",
-                          ".ckpt-e0003-s000001234.h5.tmp-77", "ckpt-e-1-s2.h5", "x.h5",
-                          "ckpt-e0003-s000001234.hdf5", "ckpt-e00a3-s1.h5"}) {
+  for (const char* bad :
+       {"ckpt-e3-s.h5", "ckpt-e0003-s000001234.h5.tmp-77", ".ckpt-e0003-s000001234.h5.tmp-77",
+        "ckpt-e-1-s2.h5", "x.h5", "ckpt-e0003-s000001234.hdf5", "ckpt-e00a3-s1.h5"}) {
     EXPECT_FALSE(ParseCheckpointFileName(bad, &e, &s)) << bad;
   }
   EXPECT_EQ(TempPathFor("/d/ckpt-e0001-s000000002.h5", 42), "/d/.ckpt-e0001-s000000002.h5.tmp-42");
 
   TempDir dir;
-  for (const char* name : {"ckpt-e0000-s000000100.h5", "ckpt-e0002-s000000900.h5",
-                           "ckpt-e0001-s000000500.h5", "notes.txt",
-                           ".ckpt-e0003-s000001000.h5.tmp-1"}) {
+  for (const char* name :
+       {"ckpt-e0000-s000000100.h5", "ckpt-e0002-s000000900.h5", "ckpt-e0001-s000000500.h5",
+        "notes.txt", ".ckpt-e0003-s000001000.h5.tmp-1"}) {
     WriteBytes(dir.file(name), "x");
   }
   StatusOr<std::vector<CheckpointFile>> files = ListCheckpoints(dir.path());
@@ -376,8 +377,8 @@ TEST(CheckpointFilesTest, LatestValidSkipsACorruptNewestFile) {
   TempDir dir;
   Payload p(6);
   for (int64_t step : {100, 200, 300}) {
-    ASSERT_TRUE(Write(CheckpointPath(dir.path(), step / 100, step), TestMeta(step / 100, step), p)
-                    .ok());
+    ASSERT_TRUE(
+        Write(CheckpointPath(dir.path(), step / 100, step), TestMeta(step / 100, step), p).ok());
   }
   CorruptDataset(CheckpointPath(dir.path(), 3, 300), "/optimizer/fc.weight/momentum");
   // A truncated file with a newer name too.
@@ -522,9 +523,9 @@ TEST(CrashSafetyRandomTest, KillAtArbitraryMomentsNeverLeavesAnInvalidLatest) {
   // the rename.
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(Write(dir.file("ckpt-e0009-s000009999.h5"), TestMeta(9, 9999), big).ok());
-  const int64_t write_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                               std::chrono::steady_clock::now() - t0)
-                               .count();
+  const int64_t write_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   std::filesystem::remove(dir.file("ckpt-e0009-s000009999.h5"));
   Rng rng(5);
   int old_seen = 0, new_seen = 0;
@@ -532,9 +533,9 @@ TEST(CrashSafetyRandomTest, KillAtArbitraryMomentsNeverLeavesAnInvalidLatest) {
   for (int trial = 0; trial < kTrials; ++trial) {
     std::filesystem::remove(CheckpointPath(dir.path(), 1, 200));
     const pid_t pid = fork();
-    if (pid == 0) _exit(Write(CheckpointPath(dir.path(), 1, 200), TestMeta(1, 200), big).ok() ? 0 : 2);
-    std::this_thread::sleep_for(
-        std::chrono::microseconds(write_us * 3 * trial / (kTrials - 1)));
+    if (pid == 0)
+      _exit(Write(CheckpointPath(dir.path(), 1, 200), TestMeta(1, 200), big).ok() ? 0 : 2);
+    std::this_thread::sleep_for(std::chrono::microseconds(write_us * 3 * trial / (kTrials - 1)));
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);

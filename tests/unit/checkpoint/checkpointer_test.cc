@@ -117,8 +117,8 @@ TEST_F(CheckpointerTest, SaveAndRestoreResNet20IsBitIdentical) {
   std::unique_ptr<Model> fresh = Build();
   Sgd fresh_sgd(fresh->parameters(), SgdOptions{});
   CheckpointMeta meta;
-  const Status s = RestoreCheckpoint(dir.file("ckpt-e0002-s000000780.h5"), fresh.get(),
-                                     &fresh_sgd, &meta);
+  const Status s =
+      RestoreCheckpoint(dir.file("ckpt-e0002-s000000780.h5"), fresh.get(), &fresh_sgd, &meta);
   ASSERT_TRUE(s.ok()) << s;
   ExpectSameState(*model, sgd, *fresh, fresh_sgd);
   EXPECT_EQ(meta.arch, "resnet20");
@@ -150,7 +150,8 @@ TEST_F(CheckpointerTest, NoMomentumStateIsRestoredAsNone) {
   std::unique_ptr<Model> fresh = Build();
   Sgd fresh_sgd(fresh->parameters(), SgdOptions{});
   Randomize(fresh.get(), &fresh_sgd, 9);  // has momentum state now
-  ASSERT_TRUE(RestoreCheckpoint(dir.file("ckpt-e0000-s000000000.h5"), fresh.get(), &fresh_sgd).ok());
+  ASSERT_TRUE(
+      RestoreCheckpoint(dir.file("ckpt-e0000-s000000000.h5"), fresh.get(), &fresh_sgd).ok());
   EXPECT_FALSE(fresh_sgd.has_momentum_state());
   EXPECT_EQ(fresh_sgd.momentum_buffers()[0].data()[0], 0.f);
 }
@@ -163,9 +164,9 @@ TEST_F(CheckpointerTest, SaveAsyncReturnsAfterTheSnapshotAndTheFileKeepsSnapshot
   std::unique_ptr<Model> model = Build();
   Sgd sgd(model->parameters(), SgdOptions{});
   Randomize(model.get(), &sgd, 5);
-  std::vector<float> before(model->parameters()[0]->value.data(),
-                            model->parameters()[0]->value.data() +
-                                model->parameters()[0]->value.numel());
+  std::vector<float> before(
+      model->parameters()[0]->value.data(),
+      model->parameters()[0]->value.data() + model->parameters()[0]->value.numel());
 
   std::mutex mu;
   std::condition_variable cv;
@@ -255,7 +256,9 @@ TEST_F(CheckpointerTest, RestoreErrorsNameTheMismatchAndLeaveTheModelUntouched) 
   EXPECT_TRUE(absl::StrContains(s.message(), "(32,32,3,3)")) << s;
 
   // An extra tensor the model does not have.
-  params.push_back({"layer2.1.conv2.weight", {32, 32, 3, 3}, StoredType::kFloat32,
+  params.push_back({"layer2.1.conv2.weight",
+                    {32, 32, 3, 3},
+                    StoredType::kFloat32,
                     model->find_parameter("layer2.1.conv2.weight")->value.data()});
   params.push_back({"extra.weight", {3}, StoredType::kFloat32, params[0].data});
   ASSERT_TRUE(WriteCheckpoint(partial, meta, params, buffers, {}).ok());
@@ -292,9 +295,9 @@ TEST_F(CheckpointerTest, KeepLastPrunesButNeverTheResumeFile) {
   }
   ASSERT_TRUE((*ck)->wait().ok());
   EXPECT_EQ(reported.size(), 5u);
-  EXPECT_EQ(dir.entries(), (std::vector<std::string>{CheckpointFileName(0, 10),
-                                                     CheckpointFileName(0, 50),
-                                                     CheckpointFileName(0, 60)}));
+  EXPECT_EQ(dir.entries(),
+            (std::vector<std::string>{CheckpointFileName(0, 10), CheckpointFileName(0, 50),
+                                      CheckpointFileName(0, 60)}));
 }
 
 TEST_F(CheckpointerTest, SelectResumeCheckpoint) {
@@ -302,7 +305,8 @@ TEST_F(CheckpointerTest, SelectResumeCheckpoint) {
   std::unique_ptr<Model> model = Build();
   Sgd sgd(model->parameters(), SgdOptions{});
   Randomize(model.get(), &sgd, 13);
-  StatusOr<std::optional<LatestCheckpoint>> none = SelectResumeCheckpoint("latest", dir.path(), logger_);
+  StatusOr<std::optional<LatestCheckpoint>> none =
+      SelectResumeCheckpoint("latest", dir.path(), logger_);
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_FALSE(none->has_value());
   EXPECT_FALSE(SelectResumeCheckpoint("none", dir.path(), logger_)->has_value());
@@ -314,13 +318,15 @@ TEST_F(CheckpointerTest, SelectResumeCheckpoint) {
   const std::string newest = dir.file(CheckpointFileName(0, 20));
   std::string bytes = testing::ReadBytes(newest);
   testing::WriteBytes(newest, bytes.substr(0, bytes.size() / 2));
-  StatusOr<std::optional<LatestCheckpoint>> r = SelectResumeCheckpoint("latest", dir.path(), logger_);
+  StatusOr<std::optional<LatestCheckpoint>> r =
+      SelectResumeCheckpoint("latest", dir.path(), logger_);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_TRUE(r->has_value());
   EXPECT_EQ((*r)->meta.global_step, 10);
   EXPECT_EQ((*r)->skipped.size(), 1u);
   // A named file that is damaged is an error, not a fallback.
-  StatusOr<std::optional<LatestCheckpoint>> named = SelectResumeCheckpoint(newest, dir.path(), logger_);
+  StatusOr<std::optional<LatestCheckpoint>> named =
+      SelectResumeCheckpoint(newest, dir.path(), logger_);
   EXPECT_EQ(named.status().code(), absl::StatusCode::kDataLoss) << named.status();
   // Only damaged files: an error, never a silent fresh start.
   std::filesystem::remove(dir.file(CheckpointFileName(0, 10)));
