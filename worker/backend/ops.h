@@ -65,6 +65,17 @@ class BatchNormOp {
   // After a training forward on the same src. dsrc has src's layout; dgamma/dbeta plain (C).
   virtual void backward(const Tensor& src, const Tensor& ddst, const Tensor& gamma,
                         const Tensor& beta, Tensor& dsrc, Tensor& dgamma, Tensor& dbeta) = 0;
+  // dst = relu(bn(src) + residual): a residual block's last batch norm, the skip connection
+  // and the block's ReLU in one pass over the output. backward() then takes the gradient at
+  // the pre-ReLU sum. Returns false (and does nothing) where the backend has no fused kernel
+  // for this layout; the caller then runs forward() and AddOp.
+  virtual bool forward_add_relu(const Tensor& src, const Tensor& gamma, const Tensor& beta,
+                                Tensor& running_mean, Tensor& running_var,
+                                const Tensor& residual, Tensor& dst, bool training) {
+    (void)src, (void)gamma, (void)beta, (void)running_mean, (void)running_var, (void)residual,
+        (void)dst, (void)training;
+    return false;
+  }
   // The batch mean and biased variance of the last training forward, plain (C).
   virtual const Tensor& saved_mean() const = 0;
   virtual const Tensor& saved_var() const = 0;

@@ -95,6 +95,16 @@ const Tensor& BatchNorm2d::forward(const Tensor& x, bool training) {
   return y_;
 }
 
+bool BatchNorm2d::forward_add_relu(const Tensor& x, const Tensor& residual, Tensor& dst,
+                                   bool training) {
+  if (!op_->forward_add_relu(x, gamma_.value, beta_.value, running_mean_.value,
+                             running_var_.value, residual, dst, training))
+    return false;
+  x_ = &x;
+  if (training) num_batches_.value.data()[0] += 1.f;
+  return true;
+}
+
 const Tensor& BatchNorm2d::backward(const Tensor& dy) {
   op_->backward(*x_, dy, gamma_.value, beta_.value, dx_, gamma_.grad, beta_.grad);
   ctx_->grad_ready(gamma_);

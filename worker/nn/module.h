@@ -99,6 +99,9 @@ class BatchNorm2d final : public Module {
   const Tensor& backward(const Tensor& dy) override;
   void collect(std::vector<Parameter*>* params, std::vector<Buffer*>* buffers) override;
   Parameter& gamma() { return gamma_; }
+  // dst = relu(bn(x) + residual) in one pass where the backend can (returns false otherwise,
+  // doing nothing); backward() then takes the gradient at the pre-ReLU sum.
+  bool forward_add_relu(const Tensor& x, const Tensor& residual, Tensor& dst, bool training);
 
  private:
   NnContext* ctx_;

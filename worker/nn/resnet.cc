@@ -85,7 +85,7 @@ class BasicBlock final : public ResidualBlock {
 
   const Tensor& forward(const Tensor& x, bool training) override {
     x_ = &x;
-    const Tensor& h = bn2_.forward(conv2_.forward(bn1_.forward(conv1_.forward(x, training), training), training), training);
+    const Tensor& z = conv2_.forward(bn1_.forward(conv1_.forward(x, training), training), training);
     const Tensor* s = &x;
     if (shortcut_ == Shortcut::kProjection) {
       s = &down_bn_->forward(down_conv_->forward(x, training), training);
@@ -93,7 +93,7 @@ class BasicBlock final : public ResidualBlock {
       option_a_->forward(x, short_out_, out_channels_, stride_);
       s = &short_out_;
     }
-    add_->forward(h, *s, y_);
+    if (!bn2_.forward_add_relu(z, *s, y_, training)) add_->forward(bn2_.forward(z, training), *s, y_);
     return y_;
   }
 
@@ -159,11 +159,11 @@ class Bottleneck final : public ResidualBlock {
 
   const Tensor& forward(const Tensor& x, bool t) override {
     x_ = &x;
-    const Tensor& h = bn3_.forward(
-        conv3_.forward(bn2_.forward(conv2_.forward(bn1_.forward(conv1_.forward(x, t), t), t), t), t), t);
+    const Tensor& z =
+        conv3_.forward(bn2_.forward(conv2_.forward(bn1_.forward(conv1_.forward(x, t), t), t), t), t);
     const Tensor* s = &x;
     if (down_conv_) s = &down_bn_->forward(down_conv_->forward(x, t), t);
-    add_->forward(h, *s, y_);
+    if (!bn3_.forward_add_relu(z, *s, y_, t)) add_->forward(bn3_.forward(z, t), *s, y_);
     return y_;
   }
 

@@ -200,6 +200,49 @@ TEST_F(GradCheck, BatchNormRunningStatisticsFollowPyTorch) {
   EXPECT_NEAR(yp.data()[0], (1.0 - 0.45) / std::sqrt(1.5 + 1e-5), 1e-5);
 }
 
+TEST_F(GradCheck, BatchNormAddReluMatchesUnfusedOps) {
+  // Plain NCHW and oneDNN's 16-channel blocked layout; training and inference.
+  for (auto tag : {dnnl::memory::format_tag::abcd, dnnl::memory::format_tag::aBcd16b}) {
+    for (bool training : {true, false}) {
+      const int64_t c = 20;
+      const Dims d{3, c, 5, 4};
+      auto fused = backend_->batchnorm(BatchNormSpec{c, 1e-5f, 0.1f, false});
+      auto plain = backend_->batchnorm(BatchNormSpec{c, 1e-5f, 0.1f, false});
+      auto add = backend_->add(true);
+      Tensor x0 = Random(d, 50, 3.f), r0 = Random(d, 51), g = Random({c}, 52), b = Random({c}, 53);
+      for (int64_t i = 0; i < x0.numel(); ++i) x0.data()[i] += 5.f;  // mean far from 0
+      const MemDesc md(dnnl::memory::dims(d.begin(), d.end()), dnnl::memory::data_type::f32, tag);
+      Tensor x, r;
+      backend_->reorder(x0, x, md);
+      backend_->reorder(r0, r, md);
+      Tensor rm1({c}), rv1({c}), rm2({c}), rv2({c});
+      for (int64_t i = 0; i < c; ++i) {
+        rm1.data()[i] = rm2.data()[i] = 0.1f * i;
+        rv1.data()[i] = rv2.data()[i] = 1.f + 0.05f * i;
+      }
+      Tensor yf, yb, ys;
+      ASSERT_TRUE(fused->forward_add_relu(x, g, b, rm1, rv1, r, yf, training));
+      plain->forward(x, g, b, rm2, rv2, yb, training);
+      add->forward(yb, r, ys);
+      const auto a = Plain(yf), e = Plain(ys);
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], e[i], 2e-5) << i;
+      for (int64_t i = 0; i < c; ++i) {
+        EXPECT_NEAR(rm1.data()[i], rm2.data()[i], 1e-5);
+        EXPECT_NEAR(rv1.data()[i], rv2.data()[i], 1e-4);
+      }
+      if (!training) continue;
+      // Backward after the fused forward uses its batch statistics.
+      Tensor dy = FromVector(d, Upstream(x.numel(), 54)), gmask, dxf, dgf, dbf, dxb, dgb, dbb;
+      add->backward(ys, dy, gmask);
+      fused->backward(x, gmask, g, b, dxf, dgf, dbf);
+      plain->backward(x, gmask, g, b, dxb, dgb, dbb);
+      const auto fa = Plain(dxf), fe = Plain(dxb);
+      for (size_t i = 0; i < fa.size(); ++i) ASSERT_NEAR(fa[i], fe[i], 1e-4) << i;
+      for (int64_t i = 0; i < c; ++i) EXPECT_NEAR(dgf.data()[i], dgb.data()[i], 1e-4);
+    }
+  }
+}
+
 TEST_F(GradCheck, BatchNormFusedReluEqualsBatchNormThenRelu) {
   const int64_t c = 16;
   auto fused = backend_->batchnorm(BatchNormSpec{c, 1e-5f, 0.1f, true});

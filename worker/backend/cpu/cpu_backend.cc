@@ -243,6 +243,65 @@ class CpuBatchNorm final : public BatchNormOp {
     last_ = &s;
   }
 
+  bool forward_add_relu(const Tensor& src, const Tensor& gamma, const Tensor& beta,
+                        Tensor& running_mean, Tensor& running_var, const Tensor& residual,
+                        Tensor& dst, bool training) override {
+    const Dims d = src.dims();
+    if (d.size() != 4 || spec_.fuse_relu) return false;
+    const MemDesc blocked(ToDnnl(d), dt::f32, tag::aBcd16b);
+    int block = 0;
+    if (src.desc() == blocked) block = 16;
+    else if (src.desc() == PlainDesc(d)) block = 1;
+    else return false;
+    last_ = &state_for(src.desc());  // backward() runs oneDNN's kernel on these statistics
+    const Tensor& res = InLayout(*ctx_, residual, src.desc(), res_scratch_, res_r_);
+    dst.resize(src.desc());
+    const int64_t n = d[0], c = d[1], hw = d[2] * d[3], cb = (c + block - 1) / block;
+    if (training) {
+      BatchStatistics(src.data(), n, cb, hw, block, c);
+      const float unbias = n * hw > 1 ? static_cast<float>(n * hw) / (n * hw - 1) : 1.f;
+      const float m = spec_.momentum;
+      for (int64_t i = 0; i < c; ++i) {
+        running_mean.data()[i] = (1 - m) * running_mean.data()[i] + m * mean_.data()[i];
+        running_var.data()[i] = (1 - m) * running_var.data()[i] + m * var_.data()[i] * unbias;
+      }
+    }
+    const float* mean = training ? mean_.data() : running_mean.data();
+    const float* var = training ? var_.data() : running_var.data();
+    // Per channel: y = max(0, x * scale + shift + r); padded channels get scale = shift = 0.
+    scale_.resize(cb * block);
+    shift_.resize(cb * block);
+    for (int64_t i = 0; i < cb * block; ++i) {
+      if (i < c) {
+        scale_[i] = gamma.data()[i] / std::sqrt(var[i] + spec_.eps);
+        shift_[i] = beta.data()[i] - mean[i] * scale_[i];
+      } else {
+        scale_[i] = shift_[i] = 0.f;
+      }
+    }
+    const float* x = src.data();
+    const float* r = res.data();
+    float* y = dst.data();
+    const float* sc = scale_.data();
+    const float* sh = shift_.data();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t in = 0; in < n; ++in)
+      for (int64_t ib = 0; ib < cb; ++ib) {
+        const int64_t base = (in * cb + ib) * hw * block;
+        const float* bs = sc + ib * block;
+        const float* bh = sh + ib * block;
+        for (int64_t p = 0; p < hw; ++p) {
+#pragma omp simd
+          for (int l = 0; l < block; ++l) {
+            const int64_t k = base + p * block + l;
+            const float v = x[k] * (block == 1 ? bs[0] : bs[l]) + (block == 1 ? bh[0] : bh[l]) + r[k];
+            y[k] = v > 0.f ? v : 0.f;
+          }
+        }
+      }
+    return true;
+  }
+
   void backward(const Tensor& src, const Tensor& ddst, const Tensor& gamma, const Tensor& beta,
                 Tensor& dsrc, Tensor& dgamma, Tensor& dbeta) override {
     State& s = *last_;
@@ -299,8 +358,63 @@ class CpuBatchNorm final : public BatchNormOp {
     return *states_.back();
   }
 
+  // Batch mean and biased variance per channel of x, laid out as (N, CB, HW, block) with
+  // channel = cb * block + lane: two passes (mean, then squared deviations) accumulated per
+  // (sample, channel) in double, so the variance does not suffer E[x^2] - E[x]^2 cancellation.
+  void BatchStatistics(const float* x, int64_t n, int64_t cb, int64_t hw, int block, int64_t c) {
+    partial_.assign(n * cb * block, 0.0);
+    double* part = partial_.data();
+    auto reduce = [&](const float* center) {
+#pragma omp parallel for collapse(2) schedule(static)
+      for (int64_t in = 0; in < n; ++in)
+        for (int64_t ib = 0; ib < cb; ++ib) {
+          const int64_t base = (in * cb + ib) * hw * block;
+          float acc[16] = {0};
+          float ctr[16] = {0};
+          if (center)
+            for (int l = 0; l < block; ++l) ctr[l] = center[ib * block + l];
+          double* out = part + (in * cb + ib) * block;
+          // Float partial sums over runs of 64 pixels, flushed into double.
+          for (int64_t p0 = 0; p0 < hw; p0 += 64) {
+            const int64_t p1 = std::min(hw, p0 + 64);
+            for (int64_t p = p0; p < p1; ++p) {
+#pragma omp simd
+              for (int l = 0; l < block; ++l) {
+                const float v = x[base + p * block + l] - ctr[l];
+                acc[l] += center ? v * v : v;
+              }
+            }
+            for (int l = 0; l < block; ++l) {
+              out[l] += acc[l];
+              acc[l] = 0.f;
+            }
+          }
+        }
+    };
+    const double count = static_cast<double>(n * hw);
+    reduce(nullptr);
+    center_.assign(cb * block, 0.f);
+    for (int64_t ch = 0; ch < cb * block; ++ch) {
+      double sum = 0;
+      for (int64_t in = 0; in < n; ++in) sum += part[(in * cb + ch / block) * block + ch % block];
+      center_[ch] = static_cast<float>(sum / count);
+      if (ch < c) mean_.data()[ch] = center_[ch];
+    }
+    partial_.assign(n * cb * block, 0.0);
+    reduce(center_.data());
+    for (int64_t ch = 0; ch < c; ++ch) {
+      double sq = 0;
+      for (int64_t in = 0; in < n; ++in) sq += part[(in * cb + ch / block) * block + ch % block];
+      var_.data()[ch] = static_cast<float>(sq / count);
+    }
+  }
+
   CpuContext* ctx_;
   BatchNormSpec spec_;
+  std::vector<double> partial_;
+  std::vector<float> center_, scale_, shift_;
+  Tensor res_scratch_;
+  CachedReorder res_r_;
   Tensor mean_, var_;  // (C) batch statistics of the last training forward
   std::vector<std::unique_ptr<State>> states_;
   State* last_ = nullptr;
