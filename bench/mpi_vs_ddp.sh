@@ -64,7 +64,7 @@ resdist() {  # ranks [extra flags]
   if [[ "$ranks" == 1 ]]; then
     out="$("$worker" --config "$tmp/job.yaml" "$@" 2>&1)"
   else
-    out="$(mpirun -np "$ranks" --bind-to core "$worker" --config "$tmp/job.yaml" "$@" 2>&1)"
+    out="$(mpirun -np "$ranks" --bind-to none "$worker" --config "$tmp/job.yaml" "$@" 2>&1)"
   fi
   local ips
   ips="$(sed -n 's/^throughput: \([0-9.]*\) images\/s.*/\1/p' <<<"$out")"
