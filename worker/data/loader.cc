@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -375,7 +376,22 @@ StatusOr<std::unique_ptr<Loader>> Loader::open(const LoaderOptions& o) {
         absl::StrFormat("augment.crop_padding is %d, expected 0..%d (the image side) for %s",
                         o.augment.crop_padding, std::max(info.height, info.width), o.path));
   }
-  impl->norm = Normalizer(info);
+  if (!o.normalize_mean.empty() || !o.normalize_std.empty()) {
+    if (static_cast<int>(o.normalize_mean.size()) != info.channels ||
+        static_cast<int>(o.normalize_std.size()) != info.channels)
+      return invalid_option(absl::StrFormat(
+          "normalize_mean/normalize_std have %d/%d values, expected %d (the channels of %s)",
+          o.normalize_mean.size(), o.normalize_std.size(), info.channels, o.path));
+    for (float v : o.normalize_std)
+      if (!(v > 0.f) || !std::isfinite(v))
+        return invalid_option(absl::StrFormat("normalize_std value %g is not allowed, expected > 0", v));
+    DatasetInfo with_stats = info;
+    with_stats.mean = o.normalize_mean;
+    with_stats.std = o.normalize_std;
+    impl->norm = Normalizer(with_stats);
+  } else {
+    impl->norm = Normalizer(info);
+  }
   impl->image_bytes = info.image_bytes();
   impl->image_floats = info.image_bytes();
   impl->chunk_size =

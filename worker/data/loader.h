@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/dataset.h"
 #include "common/shard_plan.h"
@@ -65,6 +66,10 @@ struct LoaderOptions {
   int prefetch_batches = 4;      // bounded queue depth (batches produced ahead)
   int64_t window_chunks = 16;    // chunks shuffled together (shard plan) and held in memory
   int64_t chunk_size = 0;        // samples per plan chunk; 0 = the /images chunking (or 1 MiB)
+  // Per-channel normalization statistics (of pixel / 255) to use instead of the file's own:
+  // an evaluation split is normalized with its training split's mean/std, as in PyTorch
+  // recipes. Empty: the file's attributes. Otherwise one value per channel, std > 0.
+  std::vector<float> normalize_mean, normalize_std;
   InMemoryMode in_memory = InMemoryMode::kAuto;
   int64_t in_memory_threshold_bytes = int64_t{2} << 30;  // kAuto: whole file if /images below
 };

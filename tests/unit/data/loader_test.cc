@@ -98,6 +98,36 @@ TEST(Loader, EverySampleOnceAndNormalized) {
   }
 }
 
+TEST(Loader, NormalizationStatisticsOverride) {
+  Fixture f(40, 4, 4, 3);
+  LoaderOptions o = base_options(f.path);
+  o.shuffle = false;
+  o.layout = BatchLayout::kNHWC;
+  o.normalize_mean = {0.5f, 0.25f, 0.75f};
+  o.normalize_std = {0.2f, 0.4f, 0.1f};
+  auto loader = Loader::open(o);
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  ASSERT_TRUE((*loader)->start_epoch(0).ok());
+  auto batches = drain(**loader);
+  ASSERT_FALSE(batches.empty());
+  const Batch& b = batches[0];
+  for (int k = 0; k < 48; ++k) {
+    const int ch = k % 3;
+    const float want = (f.image(b.indices[0])[k] / 255.0f - o.normalize_mean[ch]) / o.normalize_std[ch];
+    ASSERT_NEAR(b.images[k], want, 1e-4) << k;
+  }
+  o.normalize_std = {0.2f, 0.f, 0.1f};
+  auto bad = Loader::open(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("normalize_std value 0 is not allowed"),
+            std::string::npos) << bad.status();
+  o.normalize_std = {0.2f};
+  bad = Loader::open(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("expected 3 (the channels of"),
+            std::string::npos) << bad.status();
+}
+
 TEST(Loader, NchwMatchesNhwc) {
   Fixture f(100, 7, 9, 3);
   LoaderOptions o = base_options(f.path);
