@@ -94,7 +94,7 @@ void PrintStatus(const v1::GetJobResponse& r, bool events) {
   std::printf("  workers     %d, launcher %s\n", st.workers(),
               st.launcher().empty() ? "-" : st.launcher().c_str());
   std::printf("  progress    epoch %lld/%lld  step %s  ETA %s\n",
-              static_cast<long long>(p.epoch() + (st.state() == v1::JOB_STATE_SUCCEEDED ? 0 : 1)),
+              static_cast<long long>(std::min(p.epoch() + 1, std::max<int64_t>(st.epochs(), 1))),
               static_cast<long long>(st.epochs()), StepText(st).c_str(),
               Duration(st.eta_s()).c_str());
   std::printf("  train       loss %.4f  accuracy %s  lr %.5g  %.0f images/s\n", p.loss(),
@@ -233,7 +233,7 @@ class WatchDisplay {
     const int64_t total = TotalSteps(st);
     std::string text = absl::StrFormat(
         "%s epoch %d/%d step %d/%d loss %.4f acc %s eval %s %.0f img/s ETA %s", StateName(st.state()),
-        p.epoch() + 1, st.epochs(), p.step(), total, p.loss(), Percent(p.train_accuracy()),
+        std::min(p.epoch() + 1, std::max<int64_t>(st.epochs(), 1)), st.epochs(), p.step(), total, p.loss(), Percent(p.train_accuracy()),
         Percent(p.eval_accuracy()), p.images_per_s(), Duration(st.eta_s()));
     if (tty_) {
       constexpr int kWidth = 24;

@@ -62,8 +62,10 @@ std::string RankFromMpirunLog(const std::string& path) {
   static const std::regex kRank(R"(process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?)");
   std::smatch m;
   if (std::regex_search(tail, m, kRank)) {
-    std::string s = absl::StrCat("rank ", m[1].str(), " (pid ", m[2].str(), " on ", m[3].str(),
-                                 ") was killed by signal ", m[4].str());
+    // Open MPI sometimes prints PID 0; then the host alone identifies the process.
+    std::string s = absl::StrCat("rank ", m[1].str(), " (",
+                                 m[2].str() == "0" ? "" : absl::StrCat("pid ", m[2].str(), " "),
+                                 "on ", m[3].str(), ") was killed by signal ", m[4].str());
     if (m[5].matched) absl::StrAppend(&s, " (", m[5].str(), ")");
     return s;
   }

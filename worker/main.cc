@@ -1,6 +1,8 @@
 // resdist-worker: trains a ResNet. With --config job.yaml it runs the job file, data parallel
 // across the ranks of `mpirun -np N resdist-worker --config job.yaml` (a world of one without
-// mpirun); without --config the flags describe a single-process run.
+// mpirun); without --config the flags describe a single-process run. With --coordinator ADDR
+// --job ID (the local launcher's command) the job comes from the coordinator instead of a file,
+// and every rank registers, heartbeats and reports its outcome (worker/coordination/).
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -13,6 +15,7 @@
 #include "worker/comm/communicator.h"
 #include "worker/nn/model.h"
 #include "worker/train/job.h"
+#include "worker/coordination/session.h"
 #include "worker/train/trainer.h"
 
 namespace resdist {
@@ -36,6 +39,7 @@ struct Flags {
   std::string in_memory = "auto";
   // --config mode
   std::string config;
+  std::string coordinator, job_id;  // --coordinator mode (token in RESDIST_JOB_TOKEN)
   double bucket_mb = 0;  // > 0: overrides comm.bucket_mb
   JobOverrides overrides;
   int TEST_fail_at_startup_rank = -1;
@@ -102,11 +106,27 @@ int RunConfig(Flags& f, const CLI::App& app) {
     comm = MakeSingleCommunicator();
   }
   Communicator* cm = comm.get();
-  auto fail = [cm](const Status& s, int code) { cm->abort(std::string(s.message()), code); };
+  std::unique_ptr<coordination::CoordinatorSession> coord;
+  // With a coordinator, the failing rank reports its message before the whole job is aborted.
+  auto fail = [cm, &coord](const Status& s, int code) {
+    if (coord) coord->report_failure(std::string(s.message())).IgnoreError();
+    cm->abort(std::string(s.message()), code);
+  };
   try {
+    StatusOr<JobSpec> job = absl::UnknownError("no job");
+    if (!f.coordinator.empty()) {
+      auto options =
+          coordination::SessionOptionsFromEnv(f.coordinator, f.job_id, cm->rank(), cm->size());
+      if (!options.ok()) fail(options.status(), 2);
+      auto session = coordination::CoordinatorSession::connect(*options);
+      if (!session.ok()) fail(session.status(), 2);
+      coord = std::move(*session);
+      job = coord->job_spec();
+    } else {
+      job = ParseJobFile(f.config);
+    }
     if (cm->rank() == f.TEST_fail_at_startup_rank)
       fail(absl::InternalError("TEST_fail_at_startup_rank: injected start-up failure"), 1);
-    auto job = ParseJobFile(f.config);
     if (!job.ok()) fail(job.status(), 2);
     if (app.count("--epochs")) job->epochs = f.train.epochs;
     if (app.count("--max-steps-per-epoch")) job->max_steps_per_epoch = f.train.max_steps_per_epoch;
@@ -136,6 +156,25 @@ int RunConfig(Flags& f, const CLI::App& app) {
             static_cast<long long>(Trainer::kTimingWarmupSteps), result->step_seconds,
             result->comm_wait_seconds, f.overrides.skip_allreduce ? " (all-reduce skipped)" : "");
       std::fflush(stdout);
+    }
+    if (coord) {
+      // The final report; the job SUCCEEDS when every rank has sent it.
+      coordination::Progress p;
+      p.step = result->steps;
+      p.total_steps = result->steps;
+      p.images_per_s = result->images_per_s;
+      if (!result->epochs.empty()) {
+        p.epoch = result->epochs.back().epoch;
+        p.loss = result->epochs.back().train_loss;
+        p.train_accuracy = result->epochs.back().train_accuracy;
+      }
+      if (result->final_eval.samples > 0) {
+        p.eval_accuracy = result->final_eval.accuracy;
+        p.eval_loss = result->final_eval.loss;
+      }
+      if (Status s = coord->finish(p); !s.ok())
+        std::fprintf(stderr, "resdist-worker: rank %d: final report to the coordinator: %s\n",
+                     cm->rank(), std::string(s.message()).c_str());
     }
     session->reset();
   } catch (const std::exception& e) {
@@ -265,7 +304,19 @@ int main(int argc, char** argv) {
   app.add_flag("--flip", f.flip, "random horizontal flips");
   app.add_option("--progress", f.progress, "auto|bar|lines|off");
   app.add_option("--metrics", f.train.metrics_path, "append JSON-lines metrics to this file");
+  app.add_option("--coordinator", f.coordinator,
+                 "coordinator host:port: take the job from it (with --job; token in "
+                 "RESDIST_JOB_TOKEN) instead of --config");
+  app.add_option("--job", f.job_id, "job id at the coordinator");
   CLI11_PARSE(app, argc, argv);
-  if (!f.config.empty()) return resdist::RunConfig(f, app);
+  if (f.coordinator.empty() != f.job_id.empty()) {
+    std::fprintf(stderr, "resdist-worker: --coordinator and --job go together\n");
+    return 2;
+  }
+  if (!f.config.empty() && !f.coordinator.empty()) {
+    std::fprintf(stderr, "resdist-worker: give either --config or --coordinator/--job\n");
+    return 2;
+  }
+  if (!f.config.empty() || !f.coordinator.empty()) return resdist::RunConfig(f, app);
   return resdist::Run(f);
 }
