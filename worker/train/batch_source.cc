@@ -37,6 +37,12 @@ class LoaderSource final : public BatchSource {
     return true;
   }
   Status status() const override { return loader_->status(); }
+  bool normalization(std::vector<float>* mean, std::vector<float>* std) const override {
+    const data::LoaderOptions& o = loader_->options();
+    *mean = o.normalize_mean.empty() ? loader_->info().mean : o.normalize_mean;
+    *std = o.normalize_std.empty() ? loader_->info().std : o.normalize_std;
+    return true;
+  }
 
  private:
   std::unique_ptr<data::Loader> loader_;

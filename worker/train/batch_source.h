@@ -28,6 +28,12 @@ class BatchSource {
   // the end of the epoch or on error (then status() says which).
   virtual bool next(float* images, int32_t* labels, int* size, int* valid) = 0;
   virtual Status status() const = 0;
+  // The per-channel mean/std (of pixel / 255) the images are normalized with, for sources that
+  // read a dataset file; an evaluation split reuses its training split's. False: none.
+  virtual bool normalization(std::vector<float>* mean, std::vector<float>* std) const {
+    (void)mean, (void)std;
+    return false;
+  }
 };
 
 // Adapter over data::Loader (an HDF5 file, one rank's shard).

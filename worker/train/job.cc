@@ -26,8 +26,10 @@ StatusOr<ModelSpec> ModelSpecFromJob(const JobSpec& job) {
 
 namespace {
 
+// `train` (for the evaluation split): its normalization statistics are reused.
 StatusOr<std::unique_ptr<BatchSource>> OpenJobSource(const JobSpec& job, bool training,
-                                                     int rank, int world, int64_t batch) {
+                                                     int rank, int world, int64_t batch,
+                                                     const BatchSource* train = nullptr) {
   const JobSpec::Data& d = job.data;
   if (!d.train.empty()) {
     data::LoaderOptions o;
@@ -45,6 +47,7 @@ StatusOr<std::unique_ptr<BatchSource>> OpenJobSource(const JobSpec& job, bool tr
     } else {
       o.shuffle = false;
       o.remainder = RemainderPolicy::kPad;
+      if (train) train->normalization(&o.normalize_mean, &o.normalize_std);
     }
     if (d.in_memory == "on") o.in_memory = data::InMemoryMode::kAlways;
     if (d.in_memory == "off") o.in_memory = data::InMemoryMode::kNever;
@@ -127,7 +130,7 @@ StatusOr<std::unique_ptr<JobSession>> JobSession::Create(const JobSpec& job, Com
   const bool has_eval = !job.data.train.empty() ? !job.data.eval.empty()
                                                 : job.data.synthetic.eval_samples > 0;
   if (has_eval) {
-    ASSIGN_OR_RETURN(s->eval_, OpenJobSource(job, false, rank, world, c.batch_size));
+    ASSIGN_OR_RETURN(s->eval_, OpenJobSource(job, false, rank, world, c.batch_size, s->train_.get()));
   }
   ASSIGN_OR_RETURN(ModelSpec m, ModelSpecFromJob(job));
   m.in_channels = s->train_->channels();
