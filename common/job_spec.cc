@@ -250,6 +250,15 @@ Status ReadJob(const YAML::Node& root, JobSpec* j) {
   r.on("progress", Str(&j->progress));
   r.on("workers", Int(&j->workers));
   r.on("max_restarts", Int(&j->max_restarts));
+  r.on("checkpoint", [j](const YAML::Node& n, const std::string& p) {
+    MapReader c(n, p);
+    c.on("dir", Str(&j->checkpoint.dir));
+    c.on("every_steps", Int(&j->checkpoint.every_steps));
+    c.on("every_seconds", Num(&j->checkpoint.every_seconds));
+    c.on("keep_last", Int(&j->checkpoint.keep_last));
+    return c.run();
+  });
+  r.on("resume", Str(&j->resume));
   return r.run();
 }
 
@@ -270,6 +279,15 @@ Status OneOf(const std::string& key, const std::string& v, const std::vector<std
 }
 
 }  // namespace
+
+std::string EffectiveCheckpointDir(const JobSpec& j) {
+  if (!j.checkpoint.dir.empty()) return j.checkpoint.dir;
+  if (!j.output_dir.empty()) {
+    return j.output_dir.back() == '/' ? absl::StrCat(j.output_dir, "checkpoints")
+                                      : absl::StrCat(j.output_dir, "/checkpoints");
+  }
+  return std::string();
+}
 
 const std::vector<std::string>& JobSpecArchitectures() {
   static const std::vector<std::string> kArchs = {
@@ -354,6 +372,22 @@ Status ValidateJobSpec(const JobSpec& j) {
     return OutOfRange("batch_size", absl::StrCat(j.batch_size),
                       absl::StrCat("a multiple of workers = ", j.workers,
                                    " (the global batch is split evenly across ranks)"));
+  // checkpoint, resume
+  const JobSpec::Checkpoint& ck = j.checkpoint;
+  RETURN_IF_ERROR(IntRange("checkpoint.every_steps", ck.every_steps, 0, int64_t{1} << 40));
+  if (!(ck.every_seconds >= 0) || !std::isfinite(ck.every_seconds))
+    return OutOfRange("checkpoint.every_seconds", absl::StrCat(ck.every_seconds),
+                      "a finite number of seconds >= 0 (0: no time trigger)");
+  RETURN_IF_ERROR(IntRange("checkpoint.keep_last", ck.keep_last, 0, 1000000));
+  const bool has_dir = !EffectiveCheckpointDir(j).empty();
+  if (!has_dir && (ck.every_steps > 0 || ck.every_seconds > 0 || ck.keep_last > 0))
+    return absl::InvalidArgumentError(
+        "checkpoint: triggers or keep_last given but no directory; expected checkpoint.dir "
+        "(or output_dir, whose checkpoints/ subdirectory is the default)");
+  if (j.resume == "latest" && !has_dir)
+    return absl::InvalidArgumentError(
+        "resume: 'latest' needs a checkpoint directory; expected checkpoint.dir or output_dir "
+        "to be set (or resume: none, or the path of a checkpoint file)");
   return absl::OkStatus();
 }
 
@@ -445,6 +479,13 @@ std::string JobSpecToYaml(const JobSpec& j) {
   e << YAML::Key << "progress" << YAML::Value << j.progress;
   e << YAML::Key << "workers" << YAML::Value << j.workers;
   e << YAML::Key << "max_restarts" << YAML::Value << j.max_restarts;
+  e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "dir" << YAML::Value << YAML::DoubleQuoted << j.checkpoint.dir;
+  e << YAML::Key << "every_steps" << YAML::Value << j.checkpoint.every_steps;
+  e << YAML::Key << "every_seconds" << YAML::Value << j.checkpoint.every_seconds;
+  e << YAML::Key << "keep_last" << YAML::Value << j.checkpoint.keep_last;
+  e << YAML::EndMap;
+  e << YAML::Key << "resume" << YAML::Value << YAML::DoubleQuoted << j.resume;
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }

@@ -81,6 +81,18 @@ struct JobSpec {
   std::string output_dir;         // metrics.jsonl goes here; empty: no files
   std::string progress = "auto";  // auto | bar | lines | off (rank 0 only)
 
+  // Checkpoints (docs/checkpoint-format.md): rank 0 writes one every `every_steps` steps and/or
+  // `every_seconds` seconds, at the end of each epoch, on request, on SIGTERM and at the end.
+  struct Checkpoint {
+    std::string dir;           // empty: <output_dir>/checkpoints when output_dir is set, else off
+    int64_t every_steps = 0;   // 0: no step trigger
+    double every_seconds = 0;  // 0: no time trigger
+    int64_t keep_last = 0;     // newest files kept; 0 keeps all
+  } checkpoint;
+  // Where training starts: "none" (from scratch), "latest" (the newest valid checkpoint of the
+  // checkpoint directory; from scratch when it holds none), or the path of a checkpoint file.
+  std::string resume = "none";
+
   // Used by the coordinator's launcher (ignored by a hand-typed mpirun).
   int64_t workers = 1;       // ranks; batch_size must divide by it
   int64_t max_restarts = 0;  // restarts of a failed attempt from the latest checkpoint
@@ -99,6 +111,10 @@ Status ValidateJobSpec(const JobSpec& spec);
 
 // The spec as YAML text that ParseJobSpec reads back to an equal spec (checkpoints, logs).
 std::string JobSpecToYaml(const JobSpec& spec);
+
+// The checkpoint directory in effect: checkpoint.dir, else <output_dir>/checkpoints when
+// output_dir is set, else "" (no checkpoints).
+std::string EffectiveCheckpointDir(const JobSpec& spec);
 
 // The architectures a job file may name.
 const std::vector<std::string>& JobSpecArchitectures();

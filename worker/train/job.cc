@@ -110,6 +110,14 @@ StatusOr<std::unique_ptr<JobSession>> JobSession::Create(const JobSpec& job, Com
   c.check_replicas_every = ov.check_replicas_every;
   c.TEST_fail_at_step = ov.TEST_fail_at_step;
   c.TEST_fail_rank = ov.TEST_fail_rank;
+  c.checkpoint.dir = EffectiveCheckpointDir(job);
+  c.checkpoint.every_steps = job.checkpoint.every_steps;
+  c.checkpoint.every_seconds = job.checkpoint.every_seconds;
+  c.checkpoint.keep_last = job.checkpoint.keep_last;
+  c.checkpoint.resume = job.resume;
+  c.checkpoint.job_spec = JobSpecToYaml(job);
+  c.checkpoint.seed = job.seed;
+  const bool resuming = !job.resume.empty() && job.resume != "none";
   if (!job.output_dir.empty() && ov.write_metrics) {
     c.metrics_path = (std::filesystem::path(job.output_dir) / "metrics.jsonl").string();
     if (rank == 0) {
@@ -118,7 +126,8 @@ StatusOr<std::unique_ptr<JobSession>> JobSession::Create(const JobSpec& job, Com
       if (ec)
         return absl::UnavailableError(absl::StrCat("output_dir: cannot create ", job.output_dir,
                                                    " (", ec.message(), ")"));
-      std::ofstream truncate(c.metrics_path, std::ios::trunc);
+      // A resumed run appends to the metrics of the run it continues.
+      std::ofstream truncate(c.metrics_path, resuming ? std::ios::app : std::ios::trunc);
       if (!truncate)
         return absl::UnavailableError(
             absl::StrCat("output_dir: cannot write ", c.metrics_path));

@@ -38,6 +38,12 @@ class JobSession {
                                                       const JobOverrides& overrides,
                                                       Logger logger);
 
+  // Hooks for the coordinator session (or tests): per-step report and command on rank 0, and
+  // the checkpoint-written notification. Call before run().
+  void set_hooks(TrainerHooks hooks) { trainer_->set_hooks(std::move(hooks)); }
+
+  // Trains (resuming per the job's `resume:`). On SIGTERM or a kStop command it returns OK with
+  // TrainResult::stopped after rank 0 wrote a checkpoint: the process should exit 0.
   StatusOr<TrainResult> run() { return trainer_->run(); }
   Model& model() { return *model_; }
   Trainer& trainer() { return *trainer_; }

@@ -2,8 +2,10 @@
 // first step and reused; the step loop performs no large allocation.
 #include "worker/train/trainer.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,15 +14,62 @@
 #include <fstream>
 #include <span>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/job_spec.h"
 #include "worker/train/reducer.h"
 
 namespace resdist {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// SIGTERM count of this process. The one piece of global mutable state in the trainer, and
+// unavoidable: a signal handler has no other way to reach the training loop, and it may only
+// touch lock-free atomics (async-signal-safe). The loop reads it at each step boundary and agrees
+// on it across ranks; nothing else happens in the handler.
+std::atomic<int> g_sigterm_count{0};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+extern "C" void OnSigterm(int) { g_sigterm_count.fetch_add(1, std::memory_order_relaxed); }
+
+// Installs OnSigterm for the lifetime of a run (when enabled) and restores the previous
+// disposition afterwards, so a process that trains twice (tests) or does other work after
+// training keeps its own handling.
+class SigtermScope {
+ public:
+  explicit SigtermScope(bool enable) : installed_(false) {
+    if (!enable) return;
+    g_sigterm_count.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = OnSigterm;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;  // blocking reads (HDF5, MPI) continue; the loop polls the flag
+    installed_ = sigaction(SIGTERM, &sa, &previous_) == 0;
+  }
+  ~SigtermScope() {
+    if (installed_) sigaction(SIGTERM, &previous_, nullptr);
+  }
+  SigtermScope(const SigtermScope&) = delete;
+  SigtermScope& operator=(const SigtermScope&) = delete;
+
+ private:
+  bool installed_;
+  struct sigaction previous_ {};
+};
+
+// rng_state of a checkpoint: the only generator state the trainer has is the dropout counter
+// (NnContext::step); augmentation and shuffling are keyed by (seed, epoch, sample) and need none.
+constexpr char kRngStatePrefix[] = "nn.step=";
+
+std::string EncodeRngState(uint64_t nn_step) { return absl::StrCat(kRngStatePrefix, nn_step); }
+
+bool DecodeRngState(const std::string& state, uint64_t* nn_step) {
+  if (state.rfind(kRngStatePrefix, 0) != 0) return false;
+  return absl::SimpleAtoi(state.substr(sizeof(kRngStatePrefix) - 1), nn_step);
+}
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -110,7 +159,12 @@ Trainer::Trainer(const TrainConfig& config, Backend* backend, Model* model, Batc
   }
 }
 
-Trainer::~Trainer() { model_->context().on_grad_ready = nullptr; }
+Trainer::~Trainer() {
+  checkpointer_.reset();  // finishes a write in flight
+  model_->context().on_grad_ready = nullptr;
+}
+
+bool SigtermReceived() { return g_sigterm_count.load() > 0; }
 
 Status Trainer::write_metrics(const std::string& line) {
   if (config_.metrics_path.empty() || comm_->rank() != 0) return absl::OkStatus();
@@ -195,12 +249,62 @@ StatusOr<EvalResult> Trainer::evaluate(BatchSource& source) {
   return res;
 }
 
+CheckpointMeta Trainer::checkpoint_meta(int64_t epoch, int64_t global_step,
+                                        int64_t samples_consumed) const {
+  CheckpointMeta m;
+  m.arch = model_->spec().arch;
+  m.epoch = epoch;
+  m.global_step = global_step;
+  m.samples_consumed = samples_consumed;
+  m.seed = config_.checkpoint.seed;
+  m.rng_state = EncodeRngState(model_->context().step);
+  m.world_size = comm_->size();
+  m.job_spec = config_.checkpoint.job_spec;
+  return m;
+}
+
+StatusOr<std::string> Trainer::restore_for_resume(CheckpointMeta* meta) {
+  const CheckpointConfig& ck = config_.checkpoint;
+  if (ck.resume.empty() || ck.resume == "none") return std::string();
+  if (ck.resume == "latest" && ck.dir.empty())
+    return absl::InvalidArgumentError(
+        "resume: 'latest' needs checkpoint.dir (the directory to take the newest checkpoint from)");
+  // Rank 0 chooses (it logs skipped files once); every rank gets the same path: a length, then
+  // the bytes. A negative length says rank 0 failed (its own error is the one that matters).
+  std::string path;
+  Status selected = absl::OkStatus();
+  if (comm_->rank() == 0) {
+    StatusOr<std::optional<LatestCheckpoint>> pick =
+        SelectResumeCheckpoint(ck.resume, ck.dir, logger_);
+    if (!pick.ok()) selected = pick.status();
+    else if (pick->has_value()) path = (*pick)->path;
+  }
+  int64_t length = selected.ok() ? static_cast<int64_t>(path.size()) : -1;
+  comm_->broadcast(&length, sizeof(length), 0);
+  if (length < 0) {
+    if (comm_->rank() == 0) return selected;
+    return absl::FailedPreconditionError(
+        absl::StrCat("resume: ", ck.resume, ": rank 0 could not select a checkpoint"));
+  }
+  path.resize(static_cast<size_t>(length));
+  if (length > 0) comm_->broadcast(path.data(), path.size(), 0);
+  if (path.empty()) return path;  // "latest" in an empty directory: a fresh start
+  // Every rank reads the file (parameters, buffers, momentum); synchronize_replicas() then
+  // checks that they all hold the same bits.
+  RETURN_IF_ERROR(RestoreCheckpoint(path, model_, &sgd_, meta));
+  uint64_t nn_step = static_cast<uint64_t>(meta->global_step);
+  DecodeRngState(meta->rng_state, &nn_step);
+  model_->context().step = nn_step;
+  return path;
+}
+
 StatusOr<TrainResult> Trainer::run() {
   RETURN_IF_ERROR(ValidateTrainConfig(config_));
   const ModelSpec& s = model_->spec();
   const int world = comm_->size();
   const bool rank0 = comm_->rank() == 0;
   const int64_t global_batch = config_.batch_size * world;
+  const CheckpointConfig& ck = config_.checkpoint;
   if (train_->channels() != s.in_channels || train_->height() != s.height ||
       train_->width() != s.width)
     return absl::InvalidArgumentError(absl::StrCat(
@@ -218,8 +322,58 @@ StatusOr<TrainResult> Trainer::run() {
     return absl::InvalidArgumentError(absl::StrCat("training data ", train_->describe(),
                                                    " gives no full batch of ", config_.batch_size,
                                                    world > 1 ? " per rank" : ""));
-  RETURN_IF_ERROR(synchronize_replicas());
   const int64_t total_steps = steps_per_epoch * config_.epochs;
+
+  // Resume: the position of the checkpoint, checked against this run's shape of an epoch.
+  TrainResult result;
+  int64_t first_epoch = 0, first_step_in_epoch = 0;
+  {
+    CheckpointMeta meta;
+    ASSIGN_OR_RETURN(result.resumed_from, restore_for_resume(&meta));
+    if (!result.resumed_from.empty()) {
+      const std::string& from = result.resumed_from;
+      if (!meta.job_spec.empty()) {
+        StatusOr<JobSpec> saved = ParseJobSpec(meta.job_spec);
+        if (saved.ok() && saved->batch_size != global_batch)
+          return absl::FailedPreconditionError(absl::StrCat(
+              "resume: checkpoint ", from, " was trained with batch_size ", saved->batch_size,
+              " (global) but this run has ", global_batch, " (", world, " ranks x ",
+              config_.batch_size, "); a resume must keep the global batch (batch_size is "
+              "split across ranks, so any number of ranks that divides it works)"));
+      }
+      if (meta.samples_consumed % global_batch != 0)
+        return absl::FailedPreconditionError(absl::StrCat(
+            "resume: checkpoint ", from, ": samples_consumed ", meta.samples_consumed,
+            " is not a multiple of the global batch ", global_batch,
+            "; the checkpoint was written with another global batch_size"));
+      first_epoch = meta.epoch;
+      first_step_in_epoch = meta.samples_consumed / global_batch;
+      if (first_step_in_epoch == steps_per_epoch) {
+        ++first_epoch;  // written after the last step of an epoch: start the next one
+        first_step_in_epoch = 0;
+      }
+      const int64_t expected = first_epoch * steps_per_epoch + first_step_in_epoch;
+      if (first_step_in_epoch > steps_per_epoch || meta.global_step != expected)
+        return absl::FailedPreconditionError(absl::StrCat(
+            "resume: checkpoint ", from, " is at global step ", meta.global_step, " (epoch ",
+            meta.epoch, ", ", meta.samples_consumed, " samples into it), which does not fit ",
+            steps_per_epoch, " steps of ", global_batch,
+            " samples per epoch (expected global step ", expected,
+            "); the data set, batch_size or max_steps_per_epoch changed since it was written"));
+      if (first_epoch > config_.epochs)
+        return absl::FailedPreconditionError(absl::StrCat(
+            "resume: checkpoint ", from, " is at epoch ", first_epoch, ", beyond epochs ",
+            config_.epochs, " of this run"));
+      result.resumed_at_step = meta.global_step;
+      if (rank0)
+        logger_.info(absl::StrFormat(
+            "resuming from %s: epoch %d, step %d of %d in it (global step %d of %d), saved by %d "
+            "rank(s), now %d",
+            from, first_epoch + 1, first_step_in_epoch, steps_per_epoch, meta.global_step,
+            total_steps, meta.world_size, world));
+    }
+  }
+  RETURN_IF_ERROR(synchronize_replicas());
   LrScheduler lr(config_.lr, steps_per_epoch, total_steps);
   const bool tty = isatty(STDERR_FILENO);
   const bool bar = rank0 && (config_.progress == ProgressMode::kBar ||
@@ -236,21 +390,57 @@ StatusOr<TrainResult> Trainer::run() {
         reducer_ ? absl::StrCat(", ", reducer_->buckets().size(), " gradient buckets",
                                 config_.skip_allreduce ? " (all-reduce SKIPPED)" : "")
                  : ""));
+
+  // Checkpoints: rank 0 owns the writer; the other ranks only take part in the per-step
+  // command exchange (and the barrier of a stop).
+  SigtermScope sigterm(ck.enabled() && ck.handle_sigterm);
+  if (rank0 && ck.enabled()) {
+    CheckpointerOptions o;
+    o.dir = ck.dir;
+    o.keep_last = ck.keep_last;
+    if (!result.resumed_from.empty()) o.protect.push_back(result.resumed_from);
+    o.on_written = hooks_.on_checkpoint;
+    ASSIGN_OR_RETURN(checkpointer_, Checkpointer::Create(o, model_, &sgd_, logger_));
+  }
+  auto last_save = Clock::now();
+  // Rank 0: starts a checkpoint of the state after `global_step` (the next step is step
+  // `step_in_epoch` of `epoch`); blocking when `wait`.
+  auto save = [&](int64_t epoch, int64_t step_in_epoch, int64_t global_step, bool wait,
+                  const char* why) -> Status {
+    if (!checkpointer_) return absl::OkStatus();
+    if (step_in_epoch >= steps_per_epoch) ++epoch, step_in_epoch = 0;
+    const CheckpointMeta m =
+        checkpoint_meta(epoch, global_step, samples_consumed_at(step_in_epoch, global_batch));
+    last_save = Clock::now();
+    if (wait) {
+      RETURN_IF_ERROR(checkpointer_->save(m));
+      result.last_checkpoint = checkpointer_->last_written();
+    } else {
+      ASSIGN_OR_RETURN(result.last_checkpoint, checkpointer_->save_async(m));
+    }
+    (void)why;  // the writer logs each file; `why` documents the call sites
+    return absl::OkStatus();
+  };
+
   if (reducer_) {
     GradientReducer* reducer = reducer_.get();
     model_->context().on_grad_ready = [reducer](Parameter& p) { reducer->grad_ready(p); };
   }
   const float grad_scale = 1.0f / static_cast<float>(world);  // equal per-rank batches
 
-  TrainResult result;
-  int64_t step = 0;
+  int64_t step = result.resumed_at_step;
+  int64_t run_steps = 0;  // steps of this process (timing warm-up)
   double steady_seconds = 0, steady_wait = 0;
   int64_t steady_steps = 0;
-  for (int64_t epoch = 0; epoch < config_.epochs; ++epoch) {
-    RETURN_IF_ERROR(train_->start_epoch(epoch, 0));
+  for (int64_t epoch = first_epoch; epoch < config_.epochs && !result.stopped; ++epoch) {
+    const bool resumed_epoch = epoch == first_epoch && first_step_in_epoch > 0;
+    const int64_t skip = resumed_epoch ? first_step_in_epoch : 0;
+    // Mid-epoch resume: the shard plan deals the rest of this epoch's global order, whatever the
+    // world size now; later epochs start at 0.
+    RETURN_IF_ERROR(train_->start_epoch(epoch, samples_consumed_at(skip, global_batch)));
     const auto t0 = Clock::now();
     double loss_sum = 0;  // over all ranks
-    int64_t correct = 0, seen = 0, done = 0;
+    int64_t correct = 0, seen = 0, done = skip;
     int size = 0, valid = 0;
     auto last_report = t0;
     double epoch_wait = 0, epoch_step_seconds = 0;
@@ -295,13 +485,14 @@ StatusOr<TrainResult> Trainer::run() {
       seen += static_cast<int64_t>(stats[2]);
       ++done;
       ++step;
+      ++run_steps;
       if (config_.check_replicas_every > 0 && step % config_.check_replicas_every == 0)
         RETURN_IF_ERROR(check_replicas(absl::StrCat("after step ", step), /*buffers=*/false));
       const auto now = Clock::now();
       const double step_seconds = Seconds(step_t0, now);
       epoch_wait += wait;
       epoch_step_seconds += step_seconds;
-      if (step > kTimingWarmupSteps) {
+      if (run_steps > kTimingWarmupSteps) {
         steady_seconds += step_seconds;
         steady_wait += wait;
         ++steady_steps;
@@ -321,8 +512,67 @@ StatusOr<TrainResult> Trainer::run() {
           R"({"step":%d,"epoch":%d,"loss":%.6f,"accuracy":%.6f,"lr":%.6g,"images_per_s":%.1f,"step_s":%.6f,"compute_s":%.6f,"comm_wait_s":%.6f})",
           step, epoch + 1, step_loss, stats[1] / std::max(1.0, stats[2]), step_lr, ips,
           step_seconds, step_seconds - wait, wait)));
+
+      // Step boundary: the hook (rank 0), then one tiny all-reduce agrees on the command and on
+      // SIGTERM (any rank's), so every rank stops after the same step. Checkpoints themselves
+      // are rank 0's business (all replicas are identical) and need no agreement.
+      StepCommand command = StepCommand::kContinue;
+      if (rank0 && hooks_.on_step) {
+        StepReport rep;
+        rep.epoch = epoch;
+        rep.step_in_epoch = done;
+        rep.steps_per_epoch = steps_per_epoch;
+        rep.global_step = step;
+        rep.total_steps = total_steps;
+        rep.loss = step_loss;
+        rep.accuracy = stats[1] / std::max(1.0, stats[2]);
+        rep.lr = step_lr;
+        rep.images_per_s = ips;
+        rep.last_checkpoint = checkpointer_ ? checkpointer_->last_written() : std::string();
+        command = hooks_.on_step(rep);
+      }
+      // flags[0]: rank 0's command; flags[1]: ranks that received SIGTERM.
+      double flags[2] = {rank0 ? static_cast<double>(static_cast<int>(command)) : 0.0,
+                         g_sigterm_count.load(std::memory_order_relaxed) > 0 ? 1.0 : 0.0};
+      if (distributed()) comm_->allreduce_sum(flags, 2);
+      const bool sigterm = flags[1] > 0;
+      command = static_cast<StepCommand>(static_cast<int>(flags[0]));
+      if (sigterm || command == StepCommand::kStop) {
+        result.stopped = true;
+        result.stop_reason = sigterm ? "SIGTERM" : "stop requested";
+        if (rank0) {
+          if (checkpointer_) {
+            if (Status earlier = checkpointer_->wait(); !earlier.ok())
+              logger_.warn(absl::StrCat("an earlier checkpoint failed: ", earlier.message()));
+          }
+          RETURN_IF_ERROR(save(epoch, done, step, /*wait=*/true, result.stop_reason.c_str()));
+        }
+        comm_->barrier();  // every rank leaves once the checkpoint is durable
+        if (rank0)
+          logger_.info(absl::StrCat(
+              result.stop_reason, ": stopped after global step ", step, " of ", total_steps,
+              result.last_checkpoint.empty()
+                  ? std::string(" (no checkpoint.dir: nothing saved)")
+                  : absl::StrCat("; resume from ", result.last_checkpoint)));
+        break;
+      }
+      if (checkpointer_ && done < steps_per_epoch) {  // the epoch end has its own checkpoint
+        const char* why = nullptr;
+        if (command == StepCommand::kCheckpoint) why = "requested";
+        else if (ck.every_steps > 0 && step % ck.every_steps == 0) why = "every_steps";
+        else if (ck.every_seconds > 0 && Seconds(last_save, now) >= ck.every_seconds &&
+                 !checkpointer_->busy())
+          why = "every_seconds";
+        if (why != nullptr) RETURN_IF_ERROR(save(epoch, done, step, /*wait=*/false, why));
+      }
     }
+    if (result.stopped) break;
     RETURN_IF_ERROR(train_->status());
+    const bool last = epoch + 1 == config_.epochs;
+    // End of the epoch: position (epoch + 1, 0). Taken before the evaluation, whose forward
+    // passes do not change the state, so the write overlaps it. The last epoch's is the final
+    // checkpoint below.
+    if (!last) RETURN_IF_ERROR(save(epoch + 1, 0, step, /*wait=*/false, "end of epoch"));
     EpochResult er;
     er.epoch = epoch + 1;
     er.seconds = Seconds(t0, Clock::now());
@@ -331,7 +581,6 @@ StatusOr<TrainResult> Trainer::run() {
     er.images_per_s = seen / std::max(1e-9, er.seconds);
     if (bar) DrawBar(epoch, config_.epochs, done, steps_per_epoch, er.train_loss,
                      er.train_accuracy, er.images_per_s, true);
-    const bool last = epoch + 1 == config_.epochs;
     if (eval_ && (last || (config_.eval_every_epochs > 0 &&
                            (epoch + 1) % config_.eval_every_epochs == 0))) {
       broadcast_buffers();
@@ -358,10 +607,29 @@ StatusOr<TrainResult> Trainer::run() {
     result.epochs.push_back(er);
   }
   model_->context().on_grad_ready = nullptr;
+  result.steps = step;
+  if (result.stopped) {
+    checkpointer_.reset();
+    return result;
+  }
   broadcast_buffers();
   if (config_.check_replicas_every > 0)
     RETURN_IF_ERROR(check_replicas("at the end of training", /*buffers=*/true));
-  result.steps = step;
+  if (step == result.resumed_at_step && !result.resumed_from.empty()) {
+    // Resumed from the final checkpoint (a restart after training had finished): nothing to
+    // train; evaluate so the run still reports its accuracy.
+    if (rank0)
+      logger_.info(absl::StrCat("resume: ", result.resumed_from,
+                                " is the end of training; nothing left to train"));
+    if (eval_) {
+      ASSIGN_OR_RETURN(result.final_eval, evaluate(*eval_));
+    }
+  } else if (checkpointer_) {
+    if (Status earlier = checkpointer_->wait(); !earlier.ok())
+      logger_.warn(absl::StrCat("an earlier checkpoint failed: ", earlier.message()));
+    RETURN_IF_ERROR(save(config_.epochs, 0, step, /*wait=*/true, "end of training"));
+  }
+  checkpointer_.reset();
   if (steady_steps > 0) {
     result.step_seconds = steady_seconds / steady_steps;
     result.comm_wait_seconds = steady_wait / steady_steps;
