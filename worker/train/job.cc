@@ -110,6 +110,8 @@ StatusOr<std::unique_ptr<JobSession>> JobSession::Create(const JobSpec& job, Com
   c.check_replicas_every = ov.check_replicas_every;
   c.TEST_fail_at_step = ov.TEST_fail_at_step;
   c.TEST_fail_rank = ov.TEST_fail_rank;
+  c.TEST_sigterm_at_step = ov.TEST_sigterm_at_step;
+  c.TEST_sigterm_rank = ov.TEST_sigterm_rank;
   c.checkpoint.dir = EffectiveCheckpointDir(job);
   c.checkpoint.every_steps = job.checkpoint.every_steps;
   c.checkpoint.every_seconds = job.checkpoint.every_seconds;

@@ -23,6 +23,8 @@ struct JobOverrides {
   int64_t check_replicas_every = 0;
   int64_t TEST_fail_at_step = 0;
   int TEST_fail_rank = -1;
+  int64_t TEST_sigterm_at_step = 0;  // see TrainConfig
+  int TEST_sigterm_rank = -1;
   bool write_metrics = true;  // output_dir/metrics.jsonl on rank 0
 };
 

@@ -513,6 +513,8 @@ StatusOr<TrainResult> Trainer::run() {
           step, epoch + 1, step_loss, stats[1] / std::max(1.0, stats[2]), step_lr, ips,
           step_seconds, step_seconds - wait, wait)));
 
+      if (step == config_.TEST_sigterm_at_step && comm_->rank() == config_.TEST_sigterm_rank)
+        ::raise(SIGTERM);
       // Step boundary: the hook (rank 0), then one tiny all-reduce agrees on the command and on
       // SIGTERM (any rank's), so every rank stops after the same step. Checkpoints themselves
       // are rank 0's business (all replicas are identical) and need no agreement.

@@ -96,6 +96,10 @@ struct TrainConfig {
   // Test hook: rank TEST_fail_rank returns an error at global step TEST_fail_at_step (>= 1).
   int64_t TEST_fail_at_step = 0;
   int TEST_fail_rank = -1;
+  // Test hook: rank TEST_sigterm_rank sends itself SIGTERM after global step
+  // TEST_sigterm_at_step (>= 1), through the real handler.
+  int64_t TEST_sigterm_at_step = 0;
+  int TEST_sigterm_rank = -1;
 };
 
 // Names the bad field and what is allowed.
