@@ -324,10 +324,15 @@ StatusOr<TrainResult> Trainer::run() {
                                                    world > 1 ? " per rank" : ""));
   const int64_t total_steps = steps_per_epoch * config_.epochs;
 
-  // Resume: the position of the checkpoint, checked against this run's shape of an epoch.
+  // Checkpoints: rank 0 owns the writer; the other ranks only take part in the per-step
+  // command exchange (and the barrier of a stop). The handler is installed before the resume so
+  // that a SIGTERM during set-up is honoured at the first step boundary.
+  SigtermScope sigterm(ck.enabled() && ck.handle_sigterm);
   TrainResult result;
   int64_t first_epoch = 0, first_step_in_epoch = 0;
-  {
+  // Resume (the position of the checkpoint, checked against this run's shape of an epoch) and
+  // the checkpoint writer. A failure on one rank fails every rank, none waits in a collective.
+  const Status prepared = [&]() -> Status {
     CheckpointMeta meta;
     ASSIGN_OR_RETURN(result.resumed_from, restore_for_resume(&meta));
     if (!result.resumed_from.empty()) {
@@ -372,7 +377,26 @@ StatusOr<TrainResult> Trainer::run() {
             from, first_epoch + 1, first_step_in_epoch, steps_per_epoch, meta.global_step,
             total_steps, meta.world_size, world));
     }
+    if (rank0 && ck.enabled()) {
+      CheckpointerOptions o;
+      o.dir = ck.dir;
+      o.keep_last = ck.keep_last;
+      if (!result.resumed_from.empty()) o.protect.push_back(result.resumed_from);
+      o.on_written = hooks_.on_checkpoint;
+      ASSIGN_OR_RETURN(checkpointer_, Checkpointer::Create(o, model_, &sgd_, logger_));
+    }
+    return absl::OkStatus();
+  }();
+  if (distributed()) {
+    double failed = prepared.ok() ? 0 : 1;
+    comm_->allreduce_sum(&failed, 1);
+    if (failed > 0 && prepared.ok())
+      return absl::AbortedError(absl::StrCat(
+          static_cast<int>(failed), " other rank(s) could not prepare the run (resume: ",
+          ck.resume.empty() ? "none" : ck.resume, ", checkpoint.dir: ",
+          ck.dir.empty() ? "none" : ck.dir, "); their errors name the cause"));
   }
+  RETURN_IF_ERROR(prepared);
   RETURN_IF_ERROR(synchronize_replicas());
   LrScheduler lr(config_.lr, steps_per_epoch, total_steps);
   const bool tty = isatty(STDERR_FILENO);
@@ -391,17 +415,6 @@ StatusOr<TrainResult> Trainer::run() {
                                 config_.skip_allreduce ? " (all-reduce SKIPPED)" : "")
                  : ""));
 
-  // Checkpoints: rank 0 owns the writer; the other ranks only take part in the per-step
-  // command exchange (and the barrier of a stop).
-  SigtermScope sigterm(ck.enabled() && ck.handle_sigterm);
-  if (rank0 && ck.enabled()) {
-    CheckpointerOptions o;
-    o.dir = ck.dir;
-    o.keep_last = ck.keep_last;
-    if (!result.resumed_from.empty()) o.protect.push_back(result.resumed_from);
-    o.on_written = hooks_.on_checkpoint;
-    ASSIGN_OR_RETURN(checkpointer_, Checkpointer::Create(o, model_, &sgd_, logger_));
-  }
   auto last_save = Clock::now();
   // Rank 0: starts a checkpoint of the state after `global_step` (the next step is step
   // `step_in_epoch` of `epoch`); blocking when `wait`.
