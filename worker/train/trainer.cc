@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <span>
+#include <string_view>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -431,7 +432,10 @@ StatusOr<TrainResult> Trainer::run() {
     } else {
       ASSIGN_OR_RETURN(result.last_checkpoint, checkpointer_->save_async(m));
     }
-    (void)why;  // the writer logs each file; `why` documents the call sites
+    // The writer logs every file; a checkpoint someone asked for also says why and when.
+    if (std::string_view(why) == "requested")
+      logger_.info(absl::StrCat("checkpoint requested after global step ", global_step, ": ",
+                                result.last_checkpoint));
     return absl::OkStatus();
   };
 
