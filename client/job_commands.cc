@@ -4,6 +4,7 @@
 // SUCCEEDED, 1 FAILED, 2 CANCELLED, 3 could not follow the job).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "client/commands.h"
 #include "client/rpc.h"
 
@@ -360,13 +362,16 @@ int Checkpoint(const GlobalOptions& g, const std::string& job, double timeout_s)
     auto ctx = rpc->Context(kTimeout);
     grpc::Status s = rpc->stub().ListCheckpoints(ctx.get(), lreq, &list);
     if (s.ok()) {
-      for (const v1::CheckpointInfo& c : list.checkpoints())
-        if (c.request_id() == resp.request_id()) {
+      for (const v1::CheckpointInfo& c : list.checkpoints()) {
+        // One checkpoint may answer several requests: "id1,id2".
+        const std::vector<std::string> ids = absl::StrSplit(c.request_id(), ',');
+        if (std::find(ids.begin(), ids.end(), resp.request_id()) != ids.end()) {
           std::fprintf(stderr, "written at step %lld (epoch %lld)\n",
                        static_cast<long long>(c.step()), static_cast<long long>(c.epoch()));
           std::printf("%s\n", c.path().c_str());
           return 0;
         }
+      }
       v1::GetJobRequest greq;
       greq.set_job_id(job);
       v1::GetJobResponse job_resp;

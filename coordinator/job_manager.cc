@@ -207,6 +207,14 @@ StatusOr<v1::JobSpec> JobManager::ValidateAndResolve(const v1::SubmitJobRequest&
   if (!spec.output_dir.empty()) {
     ASSIGN_OR_RETURN(spec.output_dir, ResolveUnderRoot(root, spec.output_dir, "output_dir"));
   }
+  // The checkpoint directory in effect (checkpoint.dir, else <output_dir>/checkpoints, as the
+  // worker's JobSession uses it) is made explicit, so the index and the files agree.
+  if (const std::string dir = EffectiveCheckpointDir(spec); !dir.empty()) {
+    ASSIGN_OR_RETURN(spec.checkpoint.dir, ResolveUnderRoot(root, dir, "checkpoint.dir"));
+  }
+  if (!spec.resume.empty() && spec.resume != "none" && spec.resume != "latest") {
+    ASSIGN_OR_RETURN(spec.resume, ResolveUnderRoot(root, spec.resume, "resume"));
+  }
 
   *chunk_size = 1;
   if (spec.data.train.empty()) {
@@ -415,7 +423,15 @@ void JobManager::StartAttemptLocked(Job& job) {
   attempt.info.set_number(number);
   attempt.info.set_state(v1::JOB_STATE_STARTING);
   attempt.info.set_started_unix_ms(NowMs());
-  if (!job.checkpoints.empty()) attempt.info.set_resume_from(job.checkpoints.back().path());
+  // Resume from the newest indexed checkpoint whose file is still there (a file deleted by hand
+  // would fail every rank at start-up).
+  for (auto c = job.checkpoints.rbegin(); c != job.checkpoints.rend(); ++c) {
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(c->path(), ec)) {
+      attempt.info.set_resume_from(c->path());
+      break;
+    }
+  }
   attempt.info.set_log_path(LogPath(st.job_id(), number));
   st.set_attempt(number);
   st.set_error("");
@@ -500,10 +516,8 @@ void JobManager::FailAttemptLocked(Job& job, const std::string& reason) {
   if (restarts_used < job.rec.status.max_restarts()) {
     AddEventLocked(job, number, "restart",
                    absl::StrCat("restart ", restarts_used + 1, " of ",
-                                job.rec.status.max_restarts(), job.checkpoints.empty()
-                                    ? " from the beginning (no checkpoint yet)"
-                                    : absl::StrCat(" from ", job.checkpoints.back().path())));
-    StartAttemptLocked(job);
+                                job.rec.status.max_restarts(), " after: ", reason));
+    StartAttemptLocked(job);  // its event says which checkpoint it resumes from
     return;
   }
   SetStateLocked(job, v1::JOB_STATE_FAILED, reason);
@@ -920,6 +934,28 @@ StatusOr<v1::ReportCheckpointResponse> JobManager::ReportCheckpoint(
     if (same != job->checkpoints.end()) job->checkpoints.erase(same);
     job->checkpoints.push_back(c);
     RETURN_IF_ERROR(store_->PutCheckpoint(req.job_id(), c));
+    // keep_last, as the worker's checkpointer applies it to the directory: the newest
+    // `keep_last` by global step (the one just reported counts), never the checkpoint the
+    // current attempt resumed from (which does not count).
+    const int64_t keep_last = job->rec.spec.checkpoint().keep_last();
+    const std::string& resumed = job->attempts.empty() ? std::string()
+                                                       : job->attempts.back().info.resume_from();
+    if (keep_last > 0) {
+      std::vector<const v1::CheckpointInfo*> candidates;
+      for (const v1::CheckpointInfo& x : job->checkpoints)
+        if (x.path() != resumed && x.path() != path) candidates.push_back(&x);
+      std::sort(candidates.begin(), candidates.end(),
+                [](const v1::CheckpointInfo* a, const v1::CheckpointInfo* b) {
+                  return std::make_pair(a->step(), a->epoch()) > std::make_pair(b->step(), b->epoch());
+                });
+      for (size_t i = static_cast<size_t>(keep_last - 1); i < candidates.size(); ++i)
+        resp.add_pruned(candidates[i]->path());
+      for (const std::string& old : resp.pruned()) {
+        job->checkpoints.erase(std::find_if(job->checkpoints.begin(), job->checkpoints.end(),
+                                            [&](const v1::CheckpointInfo& x) { return x.path() == old; }));
+        RETURN_IF_ERROR(store_->DeleteCheckpoint(req.job_id(), old));
+      }
+    }
     AddEventLocked(*job, req.attempt(), "checkpoint",
                    absl::StrCat("checkpoint at step ", c.step(), " (epoch ", c.epoch(), "): ", path,
                                 c.request_id().empty() ? "" : absl::StrCat(" for ", c.request_id())));

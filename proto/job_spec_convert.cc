@@ -68,6 +68,12 @@ JobSpec JobSpecFromProto(const v1::JobSpec& p) {
   Take(p.has_eval_every_epochs(), p.eval_every_epochs(), &j.eval_every_epochs);
   j.output_dir = p.output_dir();
   TakeString(p.progress(), &j.progress);
+  const v1::CheckpointSpec& c = p.checkpoint();
+  j.checkpoint.dir = c.dir();
+  Take(c.has_every_steps(), c.every_steps(), &j.checkpoint.every_steps);
+  Take(c.has_every_seconds(), c.every_seconds(), &j.checkpoint.every_seconds);
+  Take(c.has_keep_last(), c.keep_last(), &j.checkpoint.keep_last);
+  TakeString(p.resume(), &j.resume);
   Take(p.has_workers(), p.workers(), &j.workers);
   Take(p.has_max_restarts(), p.max_restarts(), &j.max_restarts);
   return j;
@@ -127,6 +133,12 @@ v1::JobSpec JobSpecToProto(const JobSpec& j) {
   p.set_eval_every_epochs(j.eval_every_epochs);
   p.set_output_dir(j.output_dir);
   p.set_progress(j.progress);
+  v1::CheckpointSpec* c = p.mutable_checkpoint();
+  c->set_dir(j.checkpoint.dir);
+  c->set_every_steps(j.checkpoint.every_steps);
+  c->set_every_seconds(j.checkpoint.every_seconds);
+  c->set_keep_last(j.checkpoint.keep_last);
+  p.set_resume(j.resume);
   p.set_workers(j.workers);
   p.set_max_restarts(j.max_restarts);
   return p;

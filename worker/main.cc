@@ -4,12 +4,19 @@
 // --job ID (the local launcher's command) the job comes from the coordinator instead of a file,
 // and every rank registers, heartbeats and reports its outcome (worker/coordination/).
 #include <cstdio>
+#include <deque>
 #include <exception>
+#include <filesystem>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/str_join.h"
+#include "common/checkpoint.h"
 #include "common/job_spec.h"
 #include "common/log.h"
 #include "worker/comm/communicator.h"
@@ -91,6 +98,135 @@ StatusOr<std::unique_ptr<BatchSource>> OpenSource(const Flags& f, const std::str
   return MakeSyntheticSource(o);
 }
 
+// Rank 0's bridge between the trainer's hooks and the coordinator session: every step's progress
+// becomes the next heartbeat's report; checkpoint and stop commands from the heartbeat replies
+// become the step's StepCommand (the trainer agrees on it across ranks); every checkpoint file
+// written is queued for the coordinator's index, carrying the ids of the requests it answers.
+//
+// Epochs: Progress.epoch is 0-based (proto/resdist/v1/job.proto; the CLI shows epoch + 1), like
+// StepReport::epoch and CheckpointMeta::epoch; TrainResult's EpochResult::epoch is 1-based, so
+// the final report converts it here (FinalProgress) and nowhere else.
+class CoordinatorBridge {
+ public:
+  CoordinatorBridge(coordination::CoordinatorSession* coord, int64_t global_batch,
+                    std::string resume_path, Logger log)
+      : coord_(coord), global_batch_(global_batch), resume_path_(std::move(resume_path)),
+        log_(std::move(log)) {}
+
+  TrainerHooks hooks() {
+    TrainerHooks h;
+    h.on_step = [this](const StepReport& r) { return OnStep(r); };
+    h.on_checkpoint = [this](const std::string& path, const CheckpointMeta& meta) {
+      OnCheckpoint(path, meta);
+    };
+    return h;
+  }
+
+  // Training thread (rank 0), after every step: never blocks on the network.
+  StepCommand OnStep(const StepReport& r) {
+    coordination::Progress p;
+    p.epoch = r.epoch;
+    p.step = r.global_step;
+    p.total_steps = r.total_steps;
+    p.samples = r.step_in_epoch * global_batch_;
+    p.loss = r.loss;
+    p.train_accuracy = r.accuracy;
+    p.learning_rate = r.lr;
+    p.images_per_s = r.images_per_s;
+    p.last_checkpoint = r.last_checkpoint;
+    coord_->report_progress(p);
+    StepCommand command = StepCommand::kContinue;
+    for (const coordination::Command& c : coord_->poll_commands()) {
+      if (c.kind == coordination::Command::Kind::kStop) {
+        log_.info(absl::StrCat("coordinator: stop (", c.reason, ") after global step ",
+                               r.global_step));
+        command = StepCommand::kStop;
+      } else if (command == StepCommand::kContinue) {
+        command = StepCommand::kCheckpoint;
+      }
+      if (c.kind == coordination::Command::Kind::kCheckpoint) {
+        std::lock_guard<std::mutex> lock(mu_);
+        requests_.push_back({r.global_step, c.request_id});
+      }
+    }
+    if (coord_->stop_requested()) command = StepCommand::kStop;
+    return command;
+  }
+
+  // Checkpoint writer thread (rank 0), after a file is complete. The file is validated (which
+  // also yields its checksum) before it is offered to the index the coordinator resumes from.
+  void OnCheckpoint(const std::string& path, const CheckpointMeta& meta) {
+    coordination::CheckpointReport report;
+    report.path = path;
+    report.epoch = meta.epoch;
+    report.step = meta.global_step;
+    report.samples = meta.samples_consumed;
+    std::error_code ec;
+    const auto bytes = std::filesystem::file_size(path, ec);
+    report.bytes = ec ? 0 : static_cast<int64_t>(bytes);
+    report.checksum = meta.checksum;
+    if (report.checksum.empty()) {
+      StatusOr<CheckpointMeta> read = ValidateCheckpoint(path);
+      if (!read.ok()) {
+        log_.error(absl::StrCat("checkpoint ", path, " does not validate after writing; not "
+                                "reported to the coordinator: ", read.status().message()));
+        return;
+      }
+      report.checksum = read->checksum;
+    }
+    {
+      // Requests made at or before this checkpoint's step are answered by it (a request on an
+      // epoch's last step is answered by the epoch-end or final checkpoint of the same step).
+      std::lock_guard<std::mutex> lock(mu_);
+      std::vector<std::string> ids;
+      while (!requests_.empty() && requests_.front().first <= meta.global_step) {
+        ids.push_back(requests_.front().second);
+        requests_.pop_front();
+      }
+      report.request_id = absl::StrJoin(ids, ",");
+    }
+    // Runs on the session's heartbeat thread, possibly after this bridge is gone: copies only.
+    coord_->report_checkpoint_async(std::move(report), [resume = resume_path_, log = log_](
+                                                           const std::vector<std::string>& pruned) {
+      // The checkpointer's keep_last normally deleted these already; the index is the authority
+      // for anything it missed. Never the file this run resumed from.
+      for (const std::string& old : pruned) {
+        if (old == resume) continue;
+        std::error_code ec;
+        if (std::filesystem::remove(old, ec))
+          log.info(absl::StrCat("checkpoint: removed ", old, " (pruned from the coordinator's index)"));
+      }
+    });
+  }
+
+ private:
+  coordination::CoordinatorSession* const coord_;
+  const int64_t global_batch_;
+  const std::string resume_path_;
+  Logger log_;
+  std::mutex mu_;
+  std::deque<std::pair<int64_t, std::string>> requests_;  // GUARDED_BY(mu_) (step, request id)
+};
+
+// The final report (finished = true): the job SUCCEEDS when every rank has sent it.
+coordination::Progress FinalProgress(const JobSpec& job, const TrainResult& result) {
+  coordination::Progress p;
+  p.step = result.steps;
+  p.total_steps = result.steps;
+  p.images_per_s = result.images_per_s;
+  p.epoch = std::max<int64_t>(0, job.epochs - 1);  // 0-based: the last epoch was trained
+  p.last_checkpoint = result.last_checkpoint;
+  if (!result.epochs.empty()) {
+    p.loss = result.epochs.back().train_loss;
+    p.train_accuracy = result.epochs.back().train_accuracy;
+  }
+  if (result.final_eval.samples > 0) {
+    p.eval_accuracy = result.final_eval.accuracy;
+    p.eval_loss = result.final_eval.loss;
+  }
+  return p;
+}
+
 // Runs the job file on every rank of the MPI job (or a world of one). Any error on any rank ends
 // the whole job through Communicator::abort with that rank's message.
 int RunConfig(Flags& f, const CLI::App& app) {
@@ -133,10 +269,21 @@ int RunConfig(Flags& f, const CLI::App& app) {
     if (app.count("--threads")) job->threads_per_worker = f.threads;
     if (app.count("--progress")) job->progress = f.progress;
     if (f.bucket_mb > 0) job->comm.bucket_mb = f.bucket_mb;
+    // A restarted attempt resumes where the coordinator says (its newest indexed checkpoint,
+    // a path under the data root); the first attempt follows the job's own `resume:`.
+    if (coord && !coord->assignment().resume_from().path().empty())
+      job->resume = coord->assignment().resume_from().path();
     if (Status s = ValidateJobSpec(*job); !s.ok()) fail(s, 2);
     Logger log("worker", cm->rank(), job->name);
     auto session = JobSession::Create(*job, cm, f.overrides, log);
     if (!session.ok()) fail(session.status(), 2);
+    std::unique_ptr<CoordinatorBridge> bridge;
+    if (coord && cm->rank() == 0) {  // commands are rank 0's; the trainer broadcasts them
+      const std::string resume =
+          job->resume == "none" || job->resume == "latest" ? std::string() : job->resume;
+      bridge = std::make_unique<CoordinatorBridge>(coord.get(), job->batch_size, resume, log);
+      (*session)->set_hooks(bridge->hooks());
+    }
     auto result = (*session)->run();
     if (!result.ok()) fail(result.status(), 1);
     if (cm->rank() == 0) {
@@ -157,22 +304,22 @@ int RunConfig(Flags& f, const CLI::App& app) {
             result->comm_wait_seconds, f.overrides.skip_allreduce ? " (all-reduce skipped)" : "");
       std::fflush(stdout);
     }
-    if (coord) {
-      // The final report; the job SUCCEEDS when every rank has sent it.
-      coordination::Progress p;
-      p.step = result->steps;
-      p.total_steps = result->steps;
-      p.images_per_s = result->images_per_s;
-      if (!result->epochs.empty()) {
-        p.epoch = result->epochs.back().epoch;
-        p.loss = result->epochs.back().train_loss;
-        p.train_accuracy = result->epochs.back().train_accuracy;
+    if (coord && result->stopped) {
+      // Stopped before the end (a stop command, or SIGTERM after writing a checkpoint): not a
+      // success. A SIGTERM that did not come through the coordinator (Slurm, Kubernetes
+      // preemption) fails the attempt with that reason, so it restarts from the checkpoint.
+      // The stop checkpoint's report is queued: give it a few seconds to reach the index.
+      for (int i = 0; i < 100 && coord->pending_checkpoint_reports() > 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (cm->rank() == 0 && !coord->stop_requested()) {
+        coord->report_failure(absl::StrCat(
+            result->stop_reason, ": stopped after global step ", result->steps,
+            result->last_checkpoint.empty() ? std::string()
+                                            : absl::StrCat(", checkpoint ", result->last_checkpoint)))
+            .IgnoreError();
       }
-      if (result->final_eval.samples > 0) {
-        p.eval_accuracy = result->final_eval.accuracy;
-        p.eval_loss = result->final_eval.loss;
-      }
-      if (Status s = coord->finish(p); !s.ok())
+    } else if (coord) {
+      if (Status s = coord->finish(FinalProgress(*job, *result)); !s.ok())
         std::fprintf(stderr, "resdist-worker: rank %d: final report to the coordinator: %s\n",
                      cm->rank(), std::string(s.message()).c_str());
     }

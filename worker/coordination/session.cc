@@ -234,13 +234,17 @@ void CoordinatorSession::HeartbeatLoop() {
   auto wait = interval;
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    cv_.wait_for(lock, wait, [this] { return stopping_; });
+    cv_.wait_for(lock, wait, [this] { return stopping_ || wake_; });
     if (stopping_) break;
+    wake_ = false;
     lock.unlock();
     Status s;
     {
       std::lock_guard<std::mutex> call_lock(call_mu_);
-      s = SendHeartbeat(false, options_.rpc_timeout);
+      // Checkpoint reports first: `resdist checkpoint` waits for them.
+      s = FlushCheckpointReports();
+      Status hb = SendHeartbeat(false, options_.rpc_timeout);
+      if (s.ok()) s = hb;
     }
     lock.lock();
     if (s.ok()) {
@@ -259,8 +263,49 @@ void CoordinatorSession::HeartbeatLoop() {
   }
 }
 
+void CoordinatorSession::report_checkpoint_async(
+    CheckpointReport report, std::function<void(const std::vector<std::string>&)> on_indexed) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    checkpoint_queue_.push_back({std::move(report), std::move(on_indexed)});
+    wake_ = true;
+  }
+  cv_.notify_all();
+}
+
+size_t CoordinatorSession::pending_checkpoint_reports() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return checkpoint_queue_.size();
+}
+
+Status CoordinatorSession::FlushCheckpointReports() {
+  while (true) {
+    QueuedCheckpoint next;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (checkpoint_queue_.empty()) return absl::OkStatus();
+      next = checkpoint_queue_.front();
+    }
+    std::vector<std::string> pruned;
+    // One try (a timeout shorter than the first backoff): the loop retries later.
+    Status s = report_checkpoint(next.report, std::chrono::milliseconds(1), &pruned);
+    if (!s.ok() && Retryable(s)) return s;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!checkpoint_queue_.empty()) checkpoint_queue_.pop_front();
+    }
+    if (!s.ok()) {
+      options_.logger.warn(absl::StrCat("checkpoint ", next.report.path,
+                                        " was not indexed by the coordinator: ", s.message()));
+      continue;
+    }
+    if (next.on_indexed) next.on_indexed(pruned);
+  }
+}
+
 Status CoordinatorSession::report_checkpoint(const CheckpointReport& report,
-                                             std::chrono::milliseconds timeout) {
+                                             std::chrono::milliseconds timeout,
+                                             std::vector<std::string>* pruned) {
   v1::ReportCheckpointRequest req;
   req.set_job_id(options_.job_id);
   req.set_attempt(assignment_.attempt());
@@ -278,7 +323,9 @@ Status CoordinatorSession::report_checkpoint(const CheckpointReport& report,
         grpc::ClientContext ctx;
         SetAuth(&ctx, options_.rpc_timeout);
         v1::ReportCheckpointResponse resp;
-        return FromGrpc(stub_->ReportCheckpoint(&ctx, req, &resp));
+        Status s = FromGrpc(stub_->ReportCheckpoint(&ctx, req, &resp));
+        if (s.ok() && pruned != nullptr) pruned->assign(resp.pruned().begin(), resp.pruned().end());
+        return s;
       },
       timeout, "report checkpoint");
 }
@@ -349,7 +396,16 @@ Status CoordinatorSession::finish(const Progress& final_progress,
   cv_.notify_all();
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
   std::lock_guard<std::mutex> call_lock(call_mu_);
-  return Retry([&] { return SendHeartbeat(true, options_.rpc_timeout); }, timeout, "final report");
+  // Checkpoints written before the end (the final one included) are indexed before the job can
+  // succeed.
+  const auto end = Clock::now() + timeout;
+  Status flushed = Retry([&] { return FlushCheckpointReports(); }, timeout,
+                         "checkpoint reports");
+  if (!flushed.ok())
+    options_.logger.warn(absl::StrCat("unindexed checkpoint reports: ", flushed.message()));
+  const auto left = std::max(std::chrono::milliseconds(1000),
+                             std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()));
+  return Retry([&] { return SendHeartbeat(true, options_.rpc_timeout); }, left, "final report");
 }
 
 }  // namespace resdist::coordination

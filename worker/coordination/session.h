@@ -14,6 +14,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -105,9 +107,22 @@ class CoordinatorSession {
   // True once a stop command arrived (cancel, or the attempt was failed).
   bool stop_requested() const { return stop_requested_.load(); }
 
-  // Indexes a written checkpoint; retried with backoff for up to `timeout`.
+  // Indexes a written checkpoint; retried with backoff for up to `timeout`. On success,
+  // `*pruned` (optional) receives the older checkpoints the coordinator's index dropped
+  // (keep_last), which the caller should delete if they still exist.
   Status report_checkpoint(const CheckpointReport& report,
-                           std::chrono::milliseconds timeout = std::chrono::seconds(30));
+                           std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                           std::vector<std::string>* pruned = nullptr);
+  // Queues a checkpoint report for the heartbeat thread, which sends it at once and keeps
+  // retrying (oldest first) while the coordinator is unreachable; never blocks on the network,
+  // so a checkpoint writer is never held up by the control plane. `on_indexed` (optional) runs
+  // on the heartbeat thread with the pruned paths once the coordinator has indexed it. finish()
+  // sends what is still queued before the final report.
+  void report_checkpoint_async(
+      CheckpointReport report,
+      std::function<void(const std::vector<std::string>& pruned)> on_indexed = {});
+  // Reports queued by report_checkpoint_async and not yet indexed.
+  size_t pending_checkpoint_reports();
   // Opaque bytes per (job, attempt, key): e.g. rank 0 publishes the ncclUniqueId.
   Status publish_rendezvous(const std::string& key, const std::string& value,
                             std::chrono::milliseconds timeout = std::chrono::seconds(30));
@@ -127,6 +142,13 @@ class CoordinatorSession {
   Status Register();
   Status SendHeartbeat(bool finished, std::chrono::milliseconds timeout);
   void HeartbeatLoop();
+  struct QueuedCheckpoint {
+    CheckpointReport report;
+    std::function<void(const std::vector<std::string>&)> on_indexed;
+  };
+  // Sends queued checkpoint reports (one try each, oldest first) until one fails with a
+  // retryable error (left queued). Returns that error, OK when the queue drained.
+  Status FlushCheckpointReports();
   void SetAuth(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) const;
   // Runs `call` until OK, a non-retryable error, or `timeout`; backoff between tries.
   template <typename Call>
@@ -142,6 +164,8 @@ class CoordinatorSession {
   std::vector<Command> commands_;         // GUARDED_BY(mu_)
   bool stopping_ = false;                 // GUARDED_BY(mu_) heartbeat thread should exit
   bool coordinator_down_ = false;         // GUARDED_BY(mu_) for one log line per outage
+  bool wake_ = false;                     // GUARDED_BY(mu_) a checkpoint report was queued
+  std::deque<QueuedCheckpoint> checkpoint_queue_;  // GUARDED_BY(mu_)
   std::mutex call_mu_;                    // serializes heartbeats with finish()
   std::atomic<bool> stop_requested_{false};
   std::atomic<int64_t> heartbeats_sent_{0};

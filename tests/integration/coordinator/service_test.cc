@@ -197,6 +197,8 @@ TEST_F(ServiceTest, SubmitValidatesSpecDatasetsAndPaths) {
     std::string needle;
   };
   const std::string base = "name: t\nmodel: {arch: resnet20, num_classes: 10}\nepochs: 1\n";
+  fs::create_directories(dir_ / "data" / "out");
+  fs::create_symlink(dir_ / "outside", dir_ / "data" / "out" / "checkpoints");
   const std::vector<Case> cases = {
       {"unknown key", base + "data: {train: train.h5}\nbatch_size: 32\nbogus: 1\n",
        grpc::StatusCode::INVALID_ARGUMENT, "bogus"},
@@ -598,6 +600,79 @@ TEST_F(ServiceTest, CheckpointRequestReachesWorkersAndIsIndexed) {
   ASSERT_TRUE(jobs_->CancelJob(Ctx().get(), c, &cr).ok());
   EXPECT_EQ(jobs_->RequestCheckpoint(Ctx().get(), rq, &rr).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ServiceTest, CheckpointIndexFollowsKeepLastAndRestartsResumeFromTheNewest) {
+  const std::string id =
+      SubmitOk(GoodJob() + "output_dir: out\nmax_restarts: 1\n"
+                           "checkpoint: {every_steps: 2, keep_last: 2}\n");
+  // The default directory (<output_dir>/checkpoints) is made explicit and resolved.
+  v1::GetJobRequest gq;
+  gq.set_job_id(id);
+  v1::GetJobResponse gr;
+  ASSERT_TRUE(jobs_->GetJob(Ctx().get(), gq, &gr).ok());
+  const fs::path ckdir = fs::canonical(dir_ / "data") / "out" / "checkpoints";
+  EXPECT_EQ(gr.spec().checkpoint().dir(), ckdir.string());
+  EXPECT_EQ(gr.spec().checkpoint().every_steps(), 2);
+  EXPECT_EQ(gr.spec().checkpoint().keep_last(), 2);
+
+  auto w0 = Worker(id, 0, 2);
+  auto w1 = Worker(id, 1, 2);
+  EXPECT_TRUE(w0->assignment().resume_from().path().empty());
+  fs::create_directories(ckdir);
+  std::vector<std::string> paths;
+  std::vector<std::string> pruned;
+  for (int step : {2, 4, 6}) {
+    coordination::CheckpointReport ck;
+    ck.path = (ckdir / absl::StrCat("ckpt-e0000-s00000000", step, ".h5")).string();
+    ck.step = step;
+    ck.samples = step * 32;
+    std::ofstream(ck.path) << "x";
+    paths.push_back(ck.path);
+    pruned.clear();
+    ASSERT_TRUE(w0->report_checkpoint(ck, milliseconds(5000), &pruned).ok());
+  }
+  ASSERT_EQ(pruned.size(), 1u);
+  EXPECT_EQ(pruned[0], paths[0]);
+  v1::ListCheckpointsRequest lq;
+  lq.set_job_id(id);
+  v1::ListCheckpointsResponse lr;
+  ASSERT_TRUE(jobs_->ListCheckpoints(Ctx().get(), lq, &lr).ok());
+  ASSERT_EQ(lr.checkpoints_size(), 2);
+  EXPECT_EQ(lr.checkpoints(0).step(), 4);
+  EXPECT_EQ(lr.checkpoints(1).step(), 6);
+
+  // A failed attempt restarts from the newest checkpoint; the events say why.
+  ASSERT_TRUE(w1->report_failure("rank 1 crashed").ok());
+  v1::JobStatus st = Get(id);
+  ASSERT_EQ(st.attempt(), 2);
+  EXPECT_EQ(st.attempts(1).resume_from(), paths[2]);
+  auto n0 = Worker(id, 0, 2);
+  EXPECT_EQ(n0->assignment().resume_from().path(), paths[2]);
+  EXPECT_EQ(n0->assignment().shard_plan().samples_consumed(), 6 * 32);
+  gq.set_include_events(true);
+  ASSERT_TRUE(jobs_->GetJob(Ctx().get(), gq, &gr).ok());
+  std::string events;
+  for (const v1::Event& e : gr.events()) events += e.kind() + ": " + e.message() + "\n";
+  EXPECT_NE(events.find("restart 1 of 1 after: rank 1 ("), std::string::npos) << events;
+  EXPECT_NE(events.find("reported: rank 1 crashed"), std::string::npos) << events;
+  EXPECT_NE(events.find("resuming from " + paths[2]), std::string::npos) << events;
+
+  // Attempt 2 resumed from step 6: that file is never pruned, and does not count.
+  std::vector<std::string> later;
+  for (int step : {8, 10, 12}) {
+    coordination::CheckpointReport ck;
+    ck.path = (ckdir / absl::StrCat("ckpt-e0000-s0000000", step < 10 ? "0" : "", step, ".h5")).string();
+    ck.step = step;
+    pruned.clear();
+    ASSERT_TRUE(n0->report_checkpoint(ck, milliseconds(5000), &pruned).ok());
+    later.insert(later.end(), pruned.begin(), pruned.end());
+  }
+  EXPECT_EQ(later, (std::vector<std::string>{paths[1], (ckdir / "ckpt-e0000-s000000008.h5").string()}));
+  ASSERT_TRUE(jobs_->ListCheckpoints(Ctx().get(), lq, &lr).ok());
+  std::vector<int64_t> steps;
+  for (const auto& c : lr.checkpoints()) steps.push_back(c.step());
+  EXPECT_EQ(steps, (std::vector<int64_t>{6, 10, 12}));
 }
 
 TEST_F(ServiceTest, RendezvousPassesOpaqueBytes) {

@@ -41,8 +41,33 @@ TEST(JobSpecConvertTest, RoundTripKeepsEveryField) {
   j.progress = "lines";
   j.workers = 4;
   j.max_restarts = 2;
+  j.checkpoint.dir = "/d/ckpt";
+  j.checkpoint.every_steps = 25;
+  j.checkpoint.every_seconds = 90.5;
+  j.checkpoint.keep_last = 3;
+  j.resume = "latest";
   const JobSpec back = JobSpecFromProto(JobSpecToProto(j));
   EXPECT_EQ(JobSpecToYaml(back), JobSpecToYaml(j));
+  EXPECT_EQ(back.checkpoint.dir, "/d/ckpt");
+  EXPECT_EQ(back.checkpoint.every_steps, 25);
+  EXPECT_EQ(back.checkpoint.every_seconds, 90.5);
+  EXPECT_EQ(back.checkpoint.keep_last, 3);
+  EXPECT_EQ(back.resume, "latest");
+}
+
+TEST(JobSpecConvertTest, CheckpointSectionFromProto) {
+  v1::JobSpec p;
+  p.set_output_dir("out");
+  p.mutable_checkpoint()->set_every_steps(10);
+  p.mutable_checkpoint()->set_keep_last(2);
+  p.set_resume("out/checkpoints/ckpt-e0001-s000000010.h5");
+  const JobSpec j = JobSpecFromProto(p);
+  EXPECT_EQ(j.checkpoint.dir, "");  // the default: <output_dir>/checkpoints
+  EXPECT_EQ(EffectiveCheckpointDir(j), "out/checkpoints");
+  EXPECT_EQ(j.checkpoint.every_steps, 10);
+  EXPECT_EQ(j.checkpoint.every_seconds, 0);
+  EXPECT_EQ(j.checkpoint.keep_last, 2);
+  EXPECT_EQ(j.resume, "out/checkpoints/ckpt-e0001-s000000010.h5");
 }
 
 TEST(JobSpecConvertTest, UnsetFieldsTakeDefaults) {
@@ -58,6 +83,10 @@ TEST(JobSpecConvertTest, UnsetFieldsTakeDefaults) {
   EXPECT_EQ(j.optimizer.schedule, d.optimizer.schedule);
   EXPECT_EQ(j.workers, 2);
   EXPECT_EQ(j.data.train, "t.h5");
+  EXPECT_EQ(j.checkpoint.dir, d.checkpoint.dir);
+  EXPECT_EQ(j.checkpoint.every_steps, d.checkpoint.every_steps);
+  EXPECT_EQ(j.checkpoint.keep_last, d.checkpoint.keep_last);
+  EXPECT_EQ(j.resume, d.resume);
 }
 
 }  // namespace
