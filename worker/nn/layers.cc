@@ -20,35 +20,38 @@ void Sequential::collect(std::vector<Parameter*>* params, std::vector<Buffer*>* 
   for (auto& m : children_) m->collect(params, buffers);
 }
 
-Conv2d::Conv2d(NnContext* ctx, const std::string& prefix, const Conv2dSpec& spec)
-    : ctx_(ctx), spec_(spec), op_(ctx->backend->conv2d(spec)) {
+template <typename Op>
+WeightedLayer<Op>::WeightedLayer(NnContext* ctx, const std::string& prefix, std::unique_ptr<Op> op,
+                                 const Dims& weight_dims, int64_t bias_size, bool input_grad)
+    : ctx_(ctx), op_(std::move(op)), has_bias_(bias_size > 0), input_grad_(input_grad) {
   weight_.name = prefix + ".weight";
-  weight_.value.resize(Dims{spec.out_channels, spec.in_channels, spec.kernel_h, spec.kernel_w});
-  weight_.grad.resize(weight_.value.dims());
+  weight_.value.resize(weight_dims);
+  weight_.grad.resize(weight_dims);
   weight_.value.zero();
   weight_.grad.zero();
-  if (spec.bias) {
+  if (has_bias_) {
     bias_.name = prefix + ".bias";
     bias_.is_bn_or_bias = true;
-    bias_.value.resize(Dims{spec.out_channels});
-    bias_.grad.resize(Dims{spec.out_channels});
+    bias_.value.resize(Dims{bias_size});
+    bias_.grad.resize(Dims{bias_size});
     bias_.value.zero();
     bias_.grad.zero();
   }
 }
 
-const Tensor& Conv2d::forward(const Tensor& x, bool training) {
-  (void)training;
+template <typename Op>
+const Tensor& WeightedLayer<Op>::forward(const Tensor& x, bool) {
   x_ = &x;
-  op_->forward(x, weight_.value, spec_.bias ? &bias_.value : nullptr, y_);
+  op_->forward(x, weight_.value, has_bias_ ? &bias_.value : nullptr, y_);
   return y_;
 }
 
-const Tensor& Conv2d::backward(const Tensor& dy) {
-  op_->backward_weights(*x_, dy, weight_.grad, spec_.bias ? &bias_.grad : nullptr);
+template <typename Op>
+const Tensor& WeightedLayer<Op>::backward(const Tensor& dy) {
+  op_->backward_weights(*x_, dy, weight_.grad, has_bias_ ? &bias_.grad : nullptr);
   ctx_->grad_ready(weight_);
-  if (spec_.bias) ctx_->grad_ready(bias_);
-  if (!spec_.input_grad) {
+  if (has_bias_) ctx_->grad_ready(bias_);
+  if (!input_grad_) {
     dx_.resize(MemDesc());
     return dx_;
   }
@@ -56,10 +59,25 @@ const Tensor& Conv2d::backward(const Tensor& dy) {
   return dx_;
 }
 
-void Conv2d::collect(std::vector<Parameter*>* params, std::vector<Buffer*>*) {
+template <typename Op>
+void WeightedLayer<Op>::collect(std::vector<Parameter*>* params, std::vector<Buffer*>*) {
   params->push_back(&weight_);
-  if (spec_.bias) params->push_back(&bias_);
+  if (has_bias_) params->push_back(&bias_);
 }
+
+template class WeightedLayer<Conv2dOp>;
+template class WeightedLayer<LinearOp>;
+
+Conv2d::Conv2d(NnContext* ctx, const std::string& prefix, const Conv2dSpec& spec)
+    : WeightedLayer(ctx, prefix, ctx->backend->conv2d(spec),
+                    Dims{spec.out_channels, spec.in_channels, spec.kernel_h, spec.kernel_w},
+                    spec.bias ? spec.out_channels : 0, spec.input_grad),
+      spec_(spec) {}
+
+Linear::Linear(NnContext* ctx, const std::string& prefix, const LinearSpec& spec)
+    : WeightedLayer(ctx, prefix, ctx->backend->linear(spec),
+                    Dims{spec.out_features, spec.in_features}, spec.bias ? spec.out_features : 0,
+                    spec.input_grad) {}
 
 BatchNorm2d::BatchNorm2d(NnContext* ctx, const std::string& prefix, int64_t channels,
                          bool fuse_relu, float momentum, float eps)
@@ -138,46 +156,6 @@ const Tensor& Pool2d::forward(const Tensor& x, bool training) {
 const Tensor& Pool2d::backward(const Tensor& dy) {
   op_->backward(dy, dx_);
   return dx_;
-}
-
-Linear::Linear(NnContext* ctx, const std::string& prefix, const LinearSpec& spec)
-    : ctx_(ctx), spec_(spec), op_(ctx->backend->linear(spec)) {
-  weight_.name = prefix + ".weight";
-  weight_.value.resize(Dims{spec.out_features, spec.in_features});
-  weight_.grad.resize(weight_.value.dims());
-  weight_.value.zero();
-  weight_.grad.zero();
-  if (spec.bias) {
-    bias_.name = prefix + ".bias";
-    bias_.is_bn_or_bias = true;
-    bias_.value.resize(Dims{spec.out_features});
-    bias_.grad.resize(Dims{spec.out_features});
-    bias_.value.zero();
-    bias_.grad.zero();
-  }
-}
-
-const Tensor& Linear::forward(const Tensor& x, bool) {
-  x_ = &x;
-  op_->forward(x, weight_.value, spec_.bias ? &bias_.value : nullptr, y_);
-  return y_;
-}
-
-const Tensor& Linear::backward(const Tensor& dy) {
-  op_->backward_weights(*x_, dy, weight_.grad, spec_.bias ? &bias_.grad : nullptr);
-  ctx_->grad_ready(weight_);
-  if (spec_.bias) ctx_->grad_ready(bias_);
-  if (!spec_.input_grad) {
-    dx_.resize(MemDesc());
-    return dx_;
-  }
-  op_->backward_data(dy, weight_.value, dx_);
-  return dx_;
-}
-
-void Linear::collect(std::vector<Parameter*>* params, std::vector<Buffer*>*) {
-  params->push_back(&weight_);
-  if (spec_.bias) params->push_back(&bias_);
 }
 
 const Tensor& Dropout::forward(const Tensor& x, bool training) {

@@ -72,23 +72,38 @@ class Sequential final : public Module {
   std::vector<std::unique_ptr<Module>> children_;
 };
 
-class Conv2d final : public Module {
+// A layer with a weight and an optional bias over an op with the Conv2dOp / LinearOp verbs
+// (forward, backward_data, backward_weights): the convolution and the fully connected layer.
+template <typename Op>
+class WeightedLayer : public Module {
  public:
-  Conv2d(NnContext* ctx, const std::string& prefix, const Conv2dSpec& spec);
   const Tensor& forward(const Tensor& x, bool training) override;
   const Tensor& backward(const Tensor& dy) override;
   void collect(std::vector<Parameter*>* params, std::vector<Buffer*>* buffers) override;
   Parameter& weight() { return weight_; }
-  const Conv2dSpec& spec() const { return spec_; }
+
+ protected:
+  // weight_dims: torchvision layout; bias_size 0 = no bias.
+  WeightedLayer(NnContext* ctx, const std::string& prefix, std::unique_ptr<Op> op,
+                const Dims& weight_dims, int64_t bias_size, bool input_grad);
 
  private:
   NnContext* ctx_;
-  Conv2dSpec spec_;
-  std::unique_ptr<Conv2dOp> op_;
-  Parameter weight_;  // (O, C, kH, kW)
-  Parameter bias_;    // (O), only with spec.bias
+  std::unique_ptr<Op> op_;
+  bool has_bias_, input_grad_;
+  Parameter weight_;  // (O, C, kH, kW) or (O, F)
+  Parameter bias_;    // (O), only with a bias
   const Tensor* x_ = nullptr;
   Tensor y_, dx_;
+};
+
+class Conv2d final : public WeightedLayer<Conv2dOp> {
+ public:
+  Conv2d(NnContext* ctx, const std::string& prefix, const Conv2dSpec& spec);
+  const Conv2dSpec& spec() const { return spec_; }
+
+ private:
+  Conv2dSpec spec_;
 };
 
 class BatchNorm2d final : public Module {
@@ -135,21 +150,9 @@ class Pool2d final : public Module {
 };
 
 // Fully connected layer on (N,F) or (N,C,H,W) input (flattened in NCHW order).
-class Linear final : public Module {
+class Linear final : public WeightedLayer<LinearOp> {
  public:
   Linear(NnContext* ctx, const std::string& prefix, const LinearSpec& spec);
-  const Tensor& forward(const Tensor& x, bool training) override;
-  const Tensor& backward(const Tensor& dy) override;
-  void collect(std::vector<Parameter*>* params, std::vector<Buffer*>* buffers) override;
-
- private:
-  NnContext* ctx_;
-  LinearSpec spec_;
-  std::unique_ptr<LinearOp> op_;
-  Parameter weight_;  // (O, F)
-  Parameter bias_;    // (O)
-  const Tensor* x_ = nullptr;
-  Tensor y_, dx_;
 };
 
 class Dropout final : public Module {
