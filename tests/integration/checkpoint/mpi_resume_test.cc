@@ -145,6 +145,7 @@ TEST(SameWorld, TwoRankStopAndResumeIsBitIdentical) {
     if (ok) {
       const Comparison d =
           CompareCheckpoints(alone.result.last_checkpoint, ref.result.last_checkpoint, 2e-6, 1e-4);
+      EXPECT_EQ(d.error, "");
       EXPECT_LE(d.worst_excess, 0) << d.worst;
     }
   }

@@ -137,7 +137,8 @@ inline Comparison CompareCheckpoints(const std::string& a_path, const std::strin
         c.same_bits = false;
       for (size_t i = 0; i < x[t].values.size(); ++i) {
         const double u = x[t].values[i], v = y[t].values[i];
-        const double excess = std::fabs(u - v) - (atol + rtol * std::fabs(v));
+        double excess = std::fabs(u - v) - (atol + rtol * std::fabs(v));
+        if (std::isnan(excess)) excess = HUGE_VAL;  // a NaN on either side is a failure
         if (excess > c.worst_excess) {
           c.worst_excess = excess;
           c.worst = absl::StrCat(group, "/", x[t].name, "[", i, "]: ", u, " vs ", v);

@@ -85,7 +85,8 @@ void ExpectEquivalent(const JobSpec& job, double atol, double rtol) {
     size_t at = 0;
     for (size_t i = 0; i < ref.values[t].size(); ++i) {
       const double a = dist.values[t][i], b = ref.values[t][i];
-      const double excess = std::fabs(a - b) - (atol + rtol * std::fabs(b));
+      double excess = std::fabs(a - b) - (atol + rtol * std::fabs(b));
+      if (std::isnan(excess)) excess = HUGE_VAL;  // a NaN on either side is a failure
       if (excess > worst) worst = excess, at = i;
     }
     EXPECT_EQ(worst, 0) << ref.names[t] << "[" << at << "]: " << comm.size() << " ranks "

@@ -25,8 +25,13 @@ std::vector<float> Plain(Backend& be, const Tensor& t) {
 }
 
 double MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return HUGE_VAL;
   double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(a[i]) - b[i]);
+    m = std::isnan(d) ? HUGE_VAL : std::max(m, d);  // a NaN on either side is a failure
+    if (std::isinf(m)) break;
+  }
   return m;
 }
 

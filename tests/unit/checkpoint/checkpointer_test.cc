@@ -265,7 +265,7 @@ TEST_F(CheckpointerTest, RestoreErrorsNameTheMismatchAndLeaveTheModelUntouched) 
   s = RestoreCheckpoint(partial, fresh.get(), nullptr);
   EXPECT_TRUE(absl::StrContains(s.message(), "/params/extra.weight is not a parameter")) << s;
 
-  // A corrupt file is refused with the checksum error naming it.
+  // A missing file is NOT_FOUND (corrupt files: checkpoint_format_test and the resume tests).
   s = RestoreCheckpoint(dir.file("nonexistent.h5"), fresh.get(), nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
 }
