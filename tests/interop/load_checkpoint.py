@@ -149,9 +149,19 @@ def load_model(path):
 
 
 def load_momentum(optimizer, model, momentum):
-    """Puts resdist's momentum buffers into a torch.optim.SGD built over model.parameters()."""
-    for name, p in model.named_parameters():
+    """Puts resdist's momentum buffers into a torch.optim.SGD built over model.parameters().
+    A checkpoint has momentum for every parameter or (before the first step) for none; anything
+    else, or a shape mismatch, is an error naming the parameter."""
+    named = dict(model.named_parameters())
+    if momentum and set(momentum) != set(named):
+        missing = sorted(set(named) - set(momentum))[:3]
+        extra = sorted(set(momentum) - set(named))[:3]
+        raise ValueError(f"momentum does not cover the parameters: missing {missing}, extra {extra}")
+    for name, p in named.items():
         if name in momentum:
+            if tuple(momentum[name].shape) != tuple(p.shape):
+                raise ValueError(f"/optimizer/{name}/momentum has shape {momentum[name].shape}, "
+                                 f"parameter has {tuple(p.shape)}")
             optimizer.state[p]["momentum_buffer"] = torch.from_numpy(momentum[name].copy())
 
 
