@@ -12,39 +12,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "tests/common/temp_dir.h"
 #include "common/dataset.h"
 #include "common/hdf5.h"
 #include "common/synthetic.h"
 
 namespace resdist::testing {
-
-// A fresh directory under $TMPDIR (or /tmp), removed at destruction.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/resdist_data_XXXXXX";
-    char* made = mkdtemp(tmpl.data());
-    path_ = made != nullptr ? made : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-  // Names of entries in the directory (to check that nothing partial was left behind).
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : std::filesystem::directory_iterator(path_)) {
-      out.push_back(e.path().filename().string());
-    }
-    return out;
-  }
-
- private:
-  std::string path_;
-};
 
 inline std::vector<std::string> numbered_classes(int k) {
   std::vector<std::string> v;
