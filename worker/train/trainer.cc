@@ -169,9 +169,10 @@ bool SigtermReceived() { return g_sigterm_count.load() > 0; }
 
 Status Trainer::write_metrics(const std::string& line) {
   if (config_.metrics_path.empty() || comm_->rank() != 0) return absl::OkStatus();
-  std::ofstream out(config_.metrics_path, std::ios::app);
-  out << line << '\n';
-  if (!out)
+  if (!metrics_.is_open()) metrics_.open(config_.metrics_path, std::ios::app);
+  metrics_ << line << '\n';
+  metrics_.flush();  // a line per step; readers (tests, tail -f) see whole lines
+  if (!metrics_)
     return absl::UnavailableError(absl::StrCat("metrics file ", config_.metrics_path,
                                                ": cannot append (", std::strerror(errno), ")"));
   return absl::OkStatus();
