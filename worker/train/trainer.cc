@@ -224,7 +224,7 @@ StatusOr<EvalResult> Trainer::evaluate(BatchSource& source) {
   // sums[0] loss * valid, sums[1] correct, sums[2] valid: exact in double.
   double sums[3] = {0, 0, 0};
   int size = 0, valid = 0;
-  Tensor partial;
+  Tensor& partial = partial_batch_;
   while (source.next(images_.data(), labels_.data(), &size, &valid)) {
     const Tensor* batch = &images_;
     if (size != config_.batch_size) {  // the last, smaller batch of the split

@@ -187,6 +187,7 @@ class Trainer {
   Logger logger_;
   Sgd sgd_;
   std::unique_ptr<SoftmaxCrossEntropyOp> loss_op_;
+  Tensor partial_batch_;   // the evaluation split's last, smaller batch (allocated once)
   std::ofstream metrics_;  // rank 0: metrics_path, opened once for appending (not per step)
   Tensor images_;               // (batch, C, H, W), plain, reused every step
   std::vector<int32_t> labels_;  // (batch)
