@@ -19,6 +19,7 @@
 
 #include "worker/backend/cpu/conv3x3.h"
 #include "worker/backend/cpu/dnnl_check.h"
+#include "worker/backend/cpu/winograd.h"
 #include "worker/backend/ops.h"
 
 namespace resdist {
@@ -79,10 +80,19 @@ void Exec(CpuContext& ctx, const dnnl::primitive& p, std::unordered_map<int, mem
 
 // ---------------------------------------------------------------- convolution
 enum class ConvDirection { kForward, kBackwardData, kBackwardWeights };
+enum class Conv3x3Kernel { kOneDnn, kDirect, kWinograd };
 
-// Whether a direction of a supported 3x3 layer (Conv3x3Supported) runs resdist's AVX-512
-// kernels (conv3x3.h) rather than oneDNN's. A fixed rule, not a timing-based choice, so that
+// Which kernel runs a direction of a stride-1, padding-1 3x3 layer with channel counts that
+// are multiples of 16 on an AVX-512 CPU. A fixed rule, not a timing-based choice, so that
 // every run of a configuration executes the same kernels and bit-for-bit resume holds.
+//
+// Forward and backward-data: Winograd (winograd.h; F(4x4) on images of at least 8x8, else
+// F(2x2)) up to 128x128 channels. Measured against the direct kernels (1 thread, batch 64, ms
+// direct / F(4x4)): 16 ch 32x32 2.7 / 2.1, 32 ch 16x16 2.7 / 1.4, 64 ch 8x8 2.2 / 0.9. Larger
+// layers would stream megabytes of transformed weights per block of tiles, so they keep the
+// rule below.
+//
+// Otherwise, the direct kernels (conv3x3.h) where UseDirect3x3 says so, else oneDNN:
 //
 // Derived from bench/conv3x3_bench (ResNet-20's stride-1 shapes, batch 128, 2 threads, ms
 // oneDNN / ours):
@@ -101,6 +111,14 @@ bool UseDirect3x3(ConvDirection direction, const cpu::Conv3x3Geometry& g) {
   return out_channels == 16 || (g.w <= 8 && out_channels % 32 == 0);
 }
 
+Conv3x3Kernel Choose3x3Kernel(ConvDirection direction, const cpu::Conv3x3Geometry& g) {
+  if (direction != ConvDirection::kBackwardWeights && cpu::WinogradSupported(g) &&
+      g.c * g.o <= 128 * 128)
+    return Conv3x3Kernel::kWinograd;
+  if (cpu::Conv3x3Supported(g) && UseDirect3x3(direction, g)) return Conv3x3Kernel::kDirect;
+  return Conv3x3Kernel::kOneDnn;
+}
+
 class CpuConv2d final : public Conv2dOp {
  public:
   CpuConv2d(CpuContext* ctx, const Conv2dSpec& spec) : ctx_(ctx), spec_(spec) {}
@@ -109,11 +127,19 @@ class CpuConv2d final : public Conv2dOp {
                Tensor& dst) override {
     State& s = state_for(src.dims());
     last_ = &s;
-    if (s.direct_fwd) {
+    if (s.fwd_kernel != Conv3x3Kernel::kOneDnn) {
       const Tensor& x = InLayout(*ctx_, src, s.fwd_pd.src_desc(), s.src_scratch, s.src_r);
       dst.resize(s.fwd_pd.dst_desc());
-      cpu::Conv3x3PackForwardWeights(s.geom, PlainWeight(s, weight).data(), s.packed_w.data());
-      cpu::Conv3x3Forward(s.geom, x.data(), s.packed_w.data(), dst.data());
+      const float* w = PlainWeight(s, weight).data();
+      if (s.fwd_kernel == Conv3x3Kernel::kWinograd) {
+        const int tile = cpu::WinogradTile(s.geom);
+        cpu::WinogradTransformForwardWeights(s.geom, tile, w, s.packed_w.data());
+        cpu::WinogradForward(s.geom, tile, x.data(), s.packed_w.data(), dst.data(),
+                             WinogradScratch(s));
+      } else {
+        cpu::Conv3x3PackForwardWeights(s.geom, w, s.packed_w.data());
+        cpu::Conv3x3Forward(s.geom, x.data(), s.packed_w.data(), dst.data());
+      }
       return;
     }
     const Tensor& conv_src = InLayout(*ctx_, src, s.fwd_pd.src_desc(), s.src_scratch, s.src_r);
@@ -130,13 +156,20 @@ class CpuConv2d final : public Conv2dOp {
   void backward_data(const Tensor& ddst, const Tensor& weight, Tensor& dsrc) override {
     if (!spec_.input_grad) throw std::logic_error("conv2d: backward_data on a no-input-grad conv");
     State& s = last_state();
-    if (s.direct_bwd_data) {
+    if (s.bwd_data_kernel != Conv3x3Kernel::kOneDnn) {
       const Tensor& dd =
           InLayout(*ctx_, ddst, s.fwd_pd.dst_desc(), s.ddst_scratch, s.ddst_r);
       dsrc.resize(s.fwd_pd.src_desc());
-      cpu::Conv3x3PackBackwardDataWeights(s.geom, PlainWeight(s, weight).data(),
-                                          s.packed_w.data());
-      cpu::Conv3x3BackwardData(s.geom, dd.data(), s.packed_w.data(), dsrc.data());
+      const float* w = PlainWeight(s, weight).data();
+      if (s.bwd_data_kernel == Conv3x3Kernel::kWinograd) {
+        const int tile = cpu::WinogradTile(s.geom);
+        cpu::WinogradTransformBackwardDataWeights(s.geom, tile, w, s.packed_w.data());
+        cpu::WinogradBackwardData(s.geom, tile, dd.data(), s.packed_w.data(), dsrc.data(),
+                                  WinogradScratch(s));
+      } else {
+        cpu::Conv3x3PackBackwardDataWeights(s.geom, w, s.packed_w.data());
+        cpu::Conv3x3BackwardData(s.geom, dd.data(), s.packed_w.data(), dsrc.data());
+      }
       return;
     }
     const Tensor& dd =
@@ -154,7 +187,7 @@ class CpuConv2d final : public Conv2dOp {
                         Tensor* dbias) override {
     State& s = last_state();
     const MemDesc plain_w = PlainDesc(weight_dims());
-    if (s.direct_bwd_w) {
+    if (s.bwd_w_kernel == Conv3x3Kernel::kDirect) {
       const Tensor& sr = InLayout(*ctx_, src, s.fwd_pd.src_desc(), s.src_scratch, s.src_r);
       const Tensor& dd =
           InLayout(*ctx_, ddst, s.fwd_pd.dst_desc(), s.ddst_scratch, s.ddst_r);
@@ -196,13 +229,15 @@ class CpuConv2d final : public Conv2dOp {
     dnnl::convolution_backward_weights bwd_w;
     Tensor src_scratch, w_scratch, wb_scratch, ddst_scratch, dw_scratch;
     CachedReorder src_r, w_r, wb_r, ddst_r, dw_r;
-    // resdist's 3x3 kernels (conv3x3.h), per direction as UseDirect3x3 decides; all false for
-    // layers they do not handle. Activations are then nChw16c in every direction.
-    bool direct_fwd = false, direct_bwd_data = false, direct_bwd_w = false;
+    // The kernel of each direction (Choose3x3Kernel); oneDNN for layers resdist's kernels do
+    // not handle. Where any direction runs ours, activations are nChw16c in every direction.
+    Conv3x3Kernel fwd_kernel = Conv3x3Kernel::kOneDnn, bwd_data_kernel = Conv3x3Kernel::kOneDnn,
+                  bwd_w_kernel = Conv3x3Kernel::kOneDnn;
     cpu::Conv3x3Geometry geom;
-    // Weights packed for the last direct call (forward or backward-data; the weights change
-    // every step, so each call packs them again) and the backward-weights partial sums.
-    Tensor packed_w, bwd_w_scratch;
+    // Weights packed or transformed for the last call of ours (forward or backward-data; the
+    // weights change every step, so each call does it again), the backward-weights partial
+    // sums and the Winograd tile blocks.
+    Tensor packed_w, bwd_w_scratch, wino_scratch;
   };
 
   Dims weight_dims() const {
@@ -219,6 +254,13 @@ class CpuConv2d final : public Conv2dOp {
     return InLayout(*ctx_, weight, PlainDesc(weight_dims()), s.w_scratch, s.w_r);
   }
 
+  // Scratch for a Winograd call, sized for the current team each call: the thread count may
+  // change between calls (resize only reallocates when growing).
+  float* WinogradScratch(State& s) {
+    s.wino_scratch.resize(Dims{cpu::WinogradScratchFloats(s.geom, omp_get_max_threads())});
+    return s.wino_scratch.data();
+  }
+
   // The geometry resdist's 3x3 kernels would run for `src_dims`, or nothing when the layer or
   // the CPU is outside what they handle.
   std::optional<cpu::Conv3x3Geometry> Direct3x3Geometry(const Dims& src_dims) const {
@@ -228,7 +270,7 @@ class CpuConv2d final : public Conv2dOp {
       return std::nullopt;
     const cpu::Conv3x3Geometry g{src_dims[0], spec_.in_channels, spec_.out_channels,
                                  src_dims[2], src_dims[3]};
-    if (!cpu::Conv3x3Supported(g)) return std::nullopt;
+    if (!cpu::WinogradSupported(g) && !cpu::Conv3x3Supported(g)) return std::nullopt;
     return g;
   }
 
@@ -249,15 +291,17 @@ class CpuConv2d final : public Conv2dOp {
     const MemDesc w_md = AnyDesc(weight_dims());
     if (const auto g = Direct3x3Geometry(src_dims)) {
       s->geom = *g;
-      s->direct_fwd = UseDirect3x3(ConvDirection::kForward, *g);
-      s->direct_bwd_data = spec_.input_grad && UseDirect3x3(ConvDirection::kBackwardData, *g);
-      s->direct_bwd_w = UseDirect3x3(ConvDirection::kBackwardWeights, *g);
+      s->fwd_kernel = Choose3x3Kernel(ConvDirection::kForward, *g);
+      s->bwd_data_kernel = spec_.input_grad ? Choose3x3Kernel(ConvDirection::kBackwardData, *g)
+                                            : Conv3x3Kernel::kOneDnn;
+      s->bwd_w_kernel = Choose3x3Kernel(ConvDirection::kBackwardWeights, *g);
       // Our kernels need nChw16c; oneDNN's primitives for the other directions are created on
       // the same layout (what `any` yields on AVX-512 anyway), so no reorders appear between
       // layers whichever kernel runs.
       src_md = MemDesc(ToDnnl(src_dims), dt::f32, tag::aBcd16b);
       dst_md = MemDesc(ToDnnl(dst_dims), dt::f32, tag::aBcd16b);
-      s->packed_w.resize(Dims{cpu::Conv3x3PackedWeightFloats(*g)});
+      s->packed_w.resize(Dims{std::max(cpu::Conv3x3PackedWeightFloats(*g),
+                                       cpu::WinogradWeightFloats(*g))});
     }
     const MemDesc b_md = spec_.bias ? AnyDesc({spec_.out_channels}) : MemDesc();
     DNNL_TRY({
