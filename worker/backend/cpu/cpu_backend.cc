@@ -857,8 +857,18 @@ class CpuAdd final : public AddOp {
     const float* pm = m.data();
     float* pd = dst.data();
     const int64_t n = a.physical_size();
+    // The mask test is done on the bit patterns: a float comparison may trap, so GCC keeps a
+    // scalar branch per element, while the integer select vectorizes. For a ReLU output (never
+    // negative, never NaN from finite inputs) "bits > 0 as int32" is exactly "value > 0".
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; ++i) pd[i] = pm[i] > 0.f ? pa[i] + pb[i] : 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float sum = pa[i] + pb[i];
+      int32_t mask_bits, sum_bits;
+      std::memcpy(&mask_bits, pm + i, sizeof(float));
+      std::memcpy(&sum_bits, &sum, sizeof(float));
+      const int32_t out = mask_bits > 0 ? sum_bits : 0;
+      std::memcpy(pd + i, &out, sizeof(float));
+    }
   }
 
   void sum(const Tensor& a, const Tensor& b, Tensor& dst) override {
