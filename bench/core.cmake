@@ -9,3 +9,7 @@ target_link_libraries(resdist_onednn_conv_bench PRIVATE DNNL::dnnl)
 # resdist's AVX-512 3x3 kernels against oneDNN's on ResNet-20's stride-1 shapes.
 add_executable(resdist_conv3x3_bench ${CMAKE_CURRENT_SOURCE_DIR}/conv3x3_bench.cc)
 target_link_libraries(resdist_conv3x3_bench PRIVATE resdist_worker)
+
+# Winograd F(2x2,3x3) backward-weights against the direct AVX-512 kernel on ResNet-20's shapes.
+add_executable(resdist_winograd_weights_bench ${CMAKE_CURRENT_SOURCE_DIR}/winograd_weights_bench.cc)
+target_link_libraries(resdist_winograd_weights_bench PRIVATE resdist_worker)
