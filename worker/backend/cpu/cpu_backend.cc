@@ -20,6 +20,7 @@
 #include "worker/backend/cpu/conv3x3.h"
 #include "worker/backend/cpu/dnnl_check.h"
 #include "worker/backend/cpu/winograd.h"
+#include "worker/backend/cpu/winograd_weights.h"
 #include "worker/backend/ops.h"
 
 namespace resdist {
@@ -88,9 +89,11 @@ enum class Conv3x3Kernel { kOneDnn, kDirect, kWinograd };
 //
 // Forward and backward-data: Winograd (winograd.h; F(4x4) on images of at least 8x8, else
 // F(2x2)) up to 128x128 channels. Measured against the direct kernels (1 thread, batch 64, ms
-// direct / F(4x4)): 16 ch 32x32 2.7 / 2.1, 32 ch 16x16 2.7 / 1.4, 64 ch 8x8 2.2 / 0.9. Larger
-// layers would stream megabytes of transformed weights per block of tiles, so they keep the
-// rule below.
+// direct / F(4x4)): 16 ch 32x32 2.7 / 2.1, 32 ch 16x16 2.7 / 1.4, 64 ch 8x8 2.2 / 0.9.
+// Backward-weights: Winograd F(2x2) (winograd_weights.h) up to 128x128 channels; measured
+// (2 threads, batch 128, ms direct / Winograd): 16 ch 2.6 / 1.9, 32 ch 2.5 / 1.6, 64 ch
+// 2.4 / 1.5. Larger layers would stream megabytes of transformed weights (or per-thread
+// partial sums) per block of tiles, so they keep the rule below.
 //
 // Otherwise, the direct kernels (conv3x3.h) where UseDirect3x3 says so, else oneDNN:
 //
@@ -112,9 +115,10 @@ bool UseDirect3x3(ConvDirection direction, const cpu::Conv3x3Geometry& g) {
 }
 
 Conv3x3Kernel Choose3x3Kernel(ConvDirection direction, const cpu::Conv3x3Geometry& g) {
-  if (direction != ConvDirection::kBackwardWeights && cpu::WinogradSupported(g) &&
-      g.c * g.o <= 128 * 128)
-    return Conv3x3Kernel::kWinograd;
+  const bool winograd = direction == ConvDirection::kBackwardWeights
+                            ? cpu::WinogradWeightsSupported(g)
+                            : cpu::WinogradSupported(g);
+  if (winograd && g.c * g.o <= 128 * 128) return Conv3x3Kernel::kWinograd;
   if (cpu::Conv3x3Supported(g) && UseDirect3x3(direction, g)) return Conv3x3Kernel::kDirect;
   return Conv3x3Kernel::kOneDnn;
 }
@@ -187,17 +191,23 @@ class CpuConv2d final : public Conv2dOp {
                         Tensor* dbias) override {
     State& s = last_state();
     const MemDesc plain_w = PlainDesc(weight_dims());
-    if (s.bwd_w_kernel == Conv3x3Kernel::kDirect) {
+    if (s.bwd_w_kernel != Conv3x3Kernel::kOneDnn) {
       const Tensor& sr = InLayout(*ctx_, src, s.fwd_pd.src_desc(), s.src_scratch, s.src_r);
       const Tensor& dd =
           InLayout(*ctx_, ddst, s.fwd_pd.dst_desc(), s.ddst_scratch, s.ddst_r);
       dweight.resize(plain_w);
       // Sized for the current team each call: the thread count may change between calls
       // (resize only reallocates when growing).
-      s.bwd_w_scratch.resize(
-          Dims{cpu::Conv3x3BackwardWeightsScratchFloats(s.geom, omp_get_max_threads())});
-      cpu::Conv3x3BackwardWeights(s.geom, sr.data(), dd.data(), s.bwd_w_scratch.data(),
-                                  dweight.data());
+      const int threads = omp_get_max_threads();
+      if (s.bwd_w_kernel == Conv3x3Kernel::kWinograd) {
+        s.bwd_w_scratch.resize(Dims{cpu::WinogradWeightsScratchFloats(s.geom, threads)});
+        cpu::WinogradBackwardWeights(s.geom, sr.data(), dd.data(), s.bwd_w_scratch.data(),
+                                     dweight.data());
+      } else {
+        s.bwd_w_scratch.resize(Dims{cpu::Conv3x3BackwardWeightsScratchFloats(s.geom, threads)});
+        cpu::Conv3x3BackwardWeights(s.geom, sr.data(), dd.data(), s.bwd_w_scratch.data(),
+                                    dweight.data());
+      }
       return;
     }
     const Tensor& sr = InLayout(*ctx_, src, s.bwd_w_pd.src_desc(), s.src_scratch, s.src_r);
