@@ -9,36 +9,60 @@ namespace {
 
 constexpr int64_t kV = 16;
 // G of F(2x2, 3x3) and of F(4x4, 3x3) (Lavin & Gray 2016), in double for the transform.
-constexpr double kG2[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
-constexpr double kG4[6][3] = {{1. / 4, 0, 0},           {-1. / 6, -1. / 6, -1. / 6},
-                              {-1. / 6, 1. / 6, -1. / 6}, {1. / 24, 1. / 12, 1. / 6},
-                              {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+template <int Tile>
+struct WinogradG;
+template <>
+struct WinogradG<2> {
+  static constexpr double g[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
+};
+template <>
+struct WinogradG<4> {
+  static constexpr double g[6][3] = {{1. / 4, 0, 0},           {-1. / 6, -1. / 6, -1. / 6},
+                                     {-1. / 6, 1. / 6, -1. / 6}, {1. / 24, 1. / 12, 1. / 6},
+                                     {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+};
 
-// u[(i*T + j) * point_stride] = (G k G^T)[i][j] for one 3x3 kernel k (row-major), T = tile + 2.
-void TransformKernel(int tile, const float k[9], float* u, int64_t point_stride) {
-  const int t = tile + 2;
-  auto gm = [&](int i, int l) { return tile == 4 ? kG4[i][l] : kG2[i][l]; };
-  double gk[6][3];  // G k
+// Fills u ([points][out/16][in/16][16 in][16 out]) with G k G^T of every kernel k =
+// kernel(out, in) (3x3, row-major). Sixteen output channels at a time, one per lane, so the
+// arithmetic vectorizes: this runs for every weight on every step.
+template <int Tile, typename KernelAt>
+void TransformAllTiled(int64_t in, int64_t out, float* u, KernelAt kernel_at) {
+  constexpr int t = Tile + 2;
+  constexpr auto& gd = WinogradG<Tile>::g;
+  float g[t][3];
   for (int i = 0; i < t; ++i)
-    for (int l = 0; l < 3; ++l)
-      gk[i][l] = gm(i, 0) * k[0 * 3 + l] + gm(i, 1) * k[1 * 3 + l] + gm(i, 2) * k[2 * 3 + l];
-  for (int i = 0; i < t; ++i)
-    for (int j = 0; j < t; ++j)
-      u[(i * t + j) * point_stride] =
-          static_cast<float>(gk[i][0] * gm(j, 0) + gk[i][1] * gm(j, 1) + gk[i][2] * gm(j, 2));
+    for (int l = 0; l < 3; ++l) g[i][l] = static_cast<float>(gd[i][l]);
+  const int64_t ibn = in / kV, point = in * out;
+#pragma omp parallel for schedule(static)
+  for (int64_t ob = 0; ob < out / kV; ++ob)
+    for (int64_t i = 0; i < in; ++i) {
+      float k[9][kV];  // [tap][lane]
+      for (int64_t lane = 0; lane < kV; ++lane) {
+        float one[9];
+        kernel_at(ob * kV + lane, i, one);
+        for (int tap = 0; tap < 9; ++tap) k[tap][lane] = one[tap];
+      }
+      float gk[t][3][kV];  // G k
+      for (int r = 0; r < t; ++r)
+        for (int l = 0; l < 3; ++l)
+          for (int lane = 0; lane < kV; ++lane)
+            gk[r][l][lane] = g[r][0] * k[l][lane] + g[r][1] * k[3 + l][lane] +
+                             g[r][2] * k[6 + l][lane];
+      float* dst = u + ((ob * ibn + i / kV) * kV + i % kV) * kV;
+      for (int r = 0; r < t; ++r)
+        for (int c = 0; c < t; ++c)
+          for (int lane = 0; lane < kV; ++lane)
+            dst[(r * t + c) * point + lane] =
+                gk[r][0][lane] * g[c][0] + gk[r][1][lane] * g[c][1] + gk[r][2][lane] * g[c][2];
+    }
 }
 
-// Fills u ([points][out/16][in/16][16 in][16 out]) from kernel(out, in) -> 3x3 kernel.
 template <typename KernelAt>
 void TransformAll(int tile, int64_t in, int64_t out, float* u, KernelAt kernel_at) {
-  const int64_t ibn = in / kV, point = in * out;
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i) {
-      float k[9];
-      kernel_at(o, i, k);
-      TransformKernel(tile, k, u + (((o / kV) * ibn + i / kV) * kV + i % kV) * kV + o % kV,
-                      point);
-    }
+  if (tile == 4)
+    TransformAllTiled<4>(in, out, u, kernel_at);
+  else
+    TransformAllTiled<2>(in, out, u, kernel_at);
 }
 
 }  // namespace
