@@ -3,8 +3,8 @@
 // Activations use the layouts oneDNN picks (format_tag::any → nChw16c on AVX-512); weights
 // stay plain OIHW in the model and are reordered into the primitive's layout each step
 // (a few hundred KiB: negligible next to the activations). Stride-1 3x3 convolutions with
-// multiple-of-16 channels run resdist's AVX-512 kernels (conv3x3.h) in the directions where
-// they beat oneDNN (UseDirect3x3).
+// multiple-of-16 channels run resdist's AVX-512 kernels instead, per direction as
+// Choose3x3Kernel decides: Winograd (winograd.h, winograd_weights.h) or direct (conv3x3.h).
 #include <omp.h>
 
 #include <algorithm>
@@ -310,8 +310,16 @@ class CpuConv2d final : public Conv2dOp {
       // layers whichever kernel runs.
       src_md = MemDesc(ToDnnl(src_dims), dt::f32, tag::aBcd16b);
       dst_md = MemDesc(ToDnnl(dst_dims), dt::f32, tag::aBcd16b);
-      s->packed_w.resize(Dims{std::max(cpu::Conv3x3PackedWeightFloats(*g),
-                                       cpu::WinogradWeightFloats(*g))});
+      // Packed / transformed weights, sized for the kernels this state runs (none for
+      // backward-weights, which reads the plain gradient layout).
+      int64_t packed = 0;
+      for (Conv3x3Kernel k : {s->fwd_kernel, s->bwd_data_kernel}) {
+        if (k == Conv3x3Kernel::kWinograd)
+          packed = std::max(packed, cpu::WinogradWeightFloats(*g));
+        if (k == Conv3x3Kernel::kDirect)
+          packed = std::max(packed, cpu::Conv3x3PackedWeightFloats(*g));
+      }
+      if (packed > 0) s->packed_w.resize(Dims{packed});
     }
     const MemDesc b_md = spec_.bias ? AnyDesc({spec_.out_channels}) : MemDesc();
     DNNL_TRY({
