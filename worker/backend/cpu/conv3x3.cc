@@ -4,6 +4,9 @@
 
 #include <omp.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "worker/backend/cpu/conv3x3_kernels.h"
 
 namespace resdist::cpu {
@@ -11,21 +14,38 @@ namespace {
 
 constexpr int64_t kV = 16;
 
-bool CpuHasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");  // immutable after first use
-  return has;
-}
-
 Conv3x3Geometry Transposed(const Conv3x3Geometry& g) { return {g.n, g.o, g.c, g.h, g.w}; }
+
+[[noreturn]] void Reject(const char* what, const Conv3x3Geometry& g) {
+  throw std::invalid_argument(
+      std::string(what) + ": unsupported by the AVX-512 3x3 kernels (n=" + std::to_string(g.n) +
+      " c=" + std::to_string(g.c) + " o=" + std::to_string(g.o) + " h=" + std::to_string(g.h) +
+      " w=" + std::to_string(g.w) + (CpuHasAvx512Kernels() ? ")" : ", CPU lacks AVX-512)"));
+}
 
 }  // namespace
 
+bool CpuHasAvx512Kernels() {
+  // Every extension the *_avx512.cc objects are compiled for (see CMakeLists.txt): the compiler
+  // uses VL/BW/DQ instructions (e.g. 128/256-bit EVEX moves, kmovb) there, not just AVX-512F.
+  // __builtin_cpu_supports also requires the OS to save the AVX-512 state.
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("fma");
+  }();  // immutable after first use
+  return has;
+}
+
 bool Conv3x3Supported(const Conv3x3Geometry& g) {
-  if (!CpuHasAvx512()) return false;
+  if (!CpuHasAvx512Kernels()) return false;
   if (g.n <= 0 || g.h <= 0 || g.c <= 0 || g.o <= 0) return false;
   if (g.c % kV != 0 || g.o % kV != 0) return false;
   return g.w > 0 && (g.w % 16 == 0 || g.w == 12 || g.w == 8 || g.w == 4);
 }
+
+int64_t Conv3x3PackedWeightFloats(const Conv3x3Geometry& g) { return g.o * g.c * 9; }
 
 void Conv3x3PackForwardWeights(const Conv3x3Geometry& g, const float* oihw, float* packed) {
   const int64_t cbn = g.c / kV, obn = g.o / kV;
@@ -53,12 +73,15 @@ void Conv3x3PackBackwardDataWeights(const Conv3x3Geometry& g, const float* oihw,
 
 void Conv3x3Forward(const Conv3x3Geometry& g, const float* src, const float* packed,
                     float* dst) {
-  avx512::Forward(g, src, packed, dst);
+  // Forward returning false means Conv3x3Supported and the kernels' dispatch disagree.
+  if (!Conv3x3Supported(g) || !avx512::Forward(g, src, packed, dst))
+    Reject("Conv3x3Forward", g);
 }
 
 void Conv3x3BackwardData(const Conv3x3Geometry& g, const float* ddst, const float* packed,
                          float* dsrc) {
-  avx512::Forward(Transposed(g), ddst, packed, dsrc);
+  if (!Conv3x3Supported(g) || !avx512::Forward(Transposed(g), ddst, packed, dsrc))
+    Reject("Conv3x3BackwardData", g);
 }
 
 int64_t Conv3x3BackwardWeightsScratchFloats(const Conv3x3Geometry& g, int threads) {
@@ -67,6 +90,9 @@ int64_t Conv3x3BackwardWeightsScratchFloats(const Conv3x3Geometry& g, int thread
 
 void Conv3x3BackwardWeights(const Conv3x3Geometry& g, const float* src, const float* ddst,
                             float* scratch, float* dweight_oihw) {
+  if (!CpuHasAvx512Kernels() || g.c % kV != 0 || g.o % kV != 0 || g.h <= 0 || g.w <= 0 ||
+      g.n < 0)
+    Reject("Conv3x3BackwardWeights", g);
   // A team never exceeds omp_get_max_threads(), which sized `scratch`.
   const int threads = avx512::BackwardWeights(g, src, ddst, scratch);
   const int64_t cbn = g.c / kV, per_thread = g.o * g.c * 9;

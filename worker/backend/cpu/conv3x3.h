@@ -23,12 +23,19 @@ struct Conv3x3Geometry {
   int64_t n = 0, c = 0, o = 0, h = 0, w = 0;  // batch, in/out channels, image height/width
 };
 
-// True when this CPU runs AVX-512F and the kernels handle `g`: channels multiples of 16 and
-// a width that is a multiple of 16, or 4, 8 or 12.
+// True when this CPU runs every instruction set the AVX-512 kernels (conv3x3, winograd,
+// winograd_weights) are compiled for: AVX-512 F, VL, BW and DQ, and FMA. Checked once, then
+// cached. Every *Supported() function of the CPU backend requires it.
+bool CpuHasAvx512Kernels();
+
+// True when CpuHasAvx512Kernels() and the kernels handle `g`: channels multiples of 16 and a
+// width that is a multiple of 16, or 4, 8 or 12.
 bool Conv3x3Supported(const Conv3x3Geometry& g);
 
-// Floats in a packed weight buffer (O*C*9).
-inline int64_t Conv3x3PackedWeightFloats(const Conv3x3Geometry& g) { return g.o * g.c * 9; }
+// Floats in a packed weight buffer (O*C*9). Not inline: the AVX-512 objects include this
+// header, and any inline function they instantiated could be merged with a baseline caller's
+// copy (see conv3x3_kernels.h).
+int64_t Conv3x3PackedWeightFloats(const Conv3x3Geometry& g);
 
 // OIHW -> [O/16][C/16][3][3][16 in][16 out].
 void Conv3x3PackForwardWeights(const Conv3x3Geometry& g, const float* oihw, float* packed);
@@ -36,7 +43,8 @@ void Conv3x3PackForwardWeights(const Conv3x3Geometry& g, const float* oihw, floa
 void Conv3x3PackBackwardDataWeights(const Conv3x3Geometry& g, const float* oihw,
                                     float* packed);
 
-// dst = conv(src, W). src [N][C/16][H][W][16], dst [N][O/16][H][W][16].
+// dst = conv(src, W). src [N][C/16][H][W][16], dst [N][O/16][H][W][16]. Throws
+// std::invalid_argument unless Conv3x3Supported(g) (as does Conv3x3BackwardData).
 void Conv3x3Forward(const Conv3x3Geometry& g, const float* src, const float* packed,
                     float* dst);
 // dsrc = conv_transpose(ddst, W), with `packed` from Conv3x3PackBackwardDataWeights.
@@ -45,7 +53,8 @@ void Conv3x3BackwardData(const Conv3x3Geometry& g, const float* ddst, const floa
 
 // Scratch the backward-weights kernel needs for `threads` OpenMP threads, in floats.
 int64_t Conv3x3BackwardWeightsScratchFloats(const Conv3x3Geometry& g, int threads);
-// dweight (plain OIHW, overwritten) = sum over the batch of src (x) ddst.
+// dweight (plain OIHW, overwritten) = sum over the batch of src (x) ddst. Any width; throws
+// std::invalid_argument without CpuHasAvx512Kernels(), channels multiples of 16 or h, w >= 1.
 void Conv3x3BackwardWeights(const Conv3x3Geometry& g, const float* src, const float* ddst,
                             float* scratch, float* dweight_oihw);
 

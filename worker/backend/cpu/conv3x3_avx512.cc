@@ -1,9 +1,10 @@
-// AVX-512 kernels behind conv3x3.h. This file alone is compiled with -mavx512f; conv3x3.cc
-// checks the CPU before calling anything here, and nothing here is called from elsewhere.
+// AVX-512 kernels behind conv3x3.h. This file alone is compiled for AVX-512 (F, VL, BW, DQ)
+// and FMA; conv3x3.cc checks the CPU before calling anything here, and nothing here is called
+// from elsewhere. Everything but the entry points has internal linkage and no std:: function is
+// instantiated here (see conv3x3_kernels.h for why).
 #include <immintrin.h>
 #include <omp.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -17,13 +18,28 @@ constexpr int kV = 16;             // floats per vector = channel block
 constexpr int kTap = kV * kV;      // floats per (kh, kw) tap of a packed 16x16 block
 constexpr int kBlock = 9 * kTap;   // floats per packed (out block, in block) pair
 
-// Calls f(std::integral_constant<int, i>) for i = 0..N-1, unrolled at compile time so that the
-// accumulator arrays below live in registers.
+// A compile-time index, like std::integral_constant<int, I> but with internal linkage: at -O0
+// std::integral_constant<int, I>::operator int() is emitted as a weak symbol.
+template <int I>
+struct Index {
+  static constexpr int value = I;
+  constexpr operator int() const { return I; }
+};
+
+// Calls f(Index<i>) for i = 0..N-1, unrolled at compile time so that the accumulator arrays
+// below live in registers.
 template <int N, typename F>
 [[gnu::always_inline]] inline void Unroll(F&& f) {
   [&]<int... I>(std::integer_sequence<int, I...>) [[gnu::always_inline]] {
-    (f(std::integral_constant<int, I>{}), ...);
+    (f(Index<I>{}), ...);
   }(std::make_integer_sequence<int, N>{});
+}
+
+// Local stand-ins for std::min, std::max and std::fill (see the top of the file).
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t Max(int64_t a, int64_t b) { return a < b ? b : a; }
+inline void Zero(float* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) p[i] = 0.f;
 }
 
 // One output row segment [ow0, ow0 + BW) of OB consecutive output-channel blocks. L / R: the
@@ -38,7 +54,8 @@ void ForwardTile(const float* src_img, const float* wts, float* dst, int64_t cbn
     for (int kh = 0; kh < 3; ++kh) {
       const int64_t ih = oh + kh - 1;
       if (ih < 0 || ih >= h) continue;
-      const float* row = src_img + ((icb * h + ih) * w + ow0 - 1) * kV;  // column ow0 - 1
+      // Column ow0; column ow0 - 1 (j = 0 below) is read only when the segment has one (!L).
+      const float* row = src_img + ((icb * h + ih) * w + ow0) * kV;
       const float* wk = wts + icb * kBlock + kh * 3 * kTap;
       for (int ic = 0; ic < kV; ++ic) {
         __m512 wv[OB][3];
@@ -51,7 +68,7 @@ void ForwardTile(const float* src_img, const float* wts, float* dst, int64_t cbn
         Unroll<BW + 2>([&](auto jc) {
           constexpr int j = decltype(jc)::value;
           if constexpr (!((j == 0 && L) || (j == BW + 1 && R))) {
-            const __m512 b = _mm512_set1_ps(row[j * kV + ic]);
+            const __m512 b = _mm512_set1_ps(row[(j - 1) * kV + ic]);
             Unroll<3>([&](auto kwc) {
               constexpr int kw = decltype(kwc)::value;
               constexpr int o = j - kw;
@@ -118,7 +135,7 @@ void WeightsTask(const float* src_plane, const float* dd_plane, int64_t h, int64
                  int ic0, float* out) {
   __m512 acc[3][8];
   Unroll<3>([&](auto k) { Unroll<8>([&](auto i) { acc[k][i] = _mm512_setzero_ps(); }); });
-  const int64_t oh_lo = std::max<int64_t>(0, 1 - kh), oh_hi = std::min<int64_t>(h, h + 1 - kh);
+  const int64_t oh_lo = Max(0, 1 - kh), oh_hi = Min(h, h + 1 - kh);
   for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
     const float* s = src_plane + (oh + kh - 1) * w * kV + ic0;
     const float* d = dd_plane + oh * w * kV;
@@ -141,14 +158,20 @@ void WeightsTask(const float* src_plane, const float* dd_plane, int64_t h, int64
 
 }  // namespace
 
-void Forward(const Conv3x3Geometry& g, const float* src, const float* packed, float* dst) {
+bool Forward(const Conv3x3Geometry& g, const float* src, const float* packed, float* dst) {
   const bool pair = (g.o / kV) % 2 == 0;
-  if (g.w % 16 == 0) return ForwardImpl<16, 1>(g, src, packed, dst);
-  if (g.w == 12) return ForwardImpl<12, 1>(g, src, packed, dst);
-  if (g.w == 8) return pair ? ForwardImpl<8, 2>(g, src, packed, dst)
-                            : ForwardImpl<8, 1>(g, src, packed, dst);
-  if (g.w == 4) return pair ? ForwardImpl<4, 2>(g, src, packed, dst)
-                            : ForwardImpl<4, 1>(g, src, packed, dst);
+  if (g.w > 0 && g.w % 16 == 0) {
+    ForwardImpl<16, 1>(g, src, packed, dst);
+  } else if (g.w == 12) {
+    ForwardImpl<12, 1>(g, src, packed, dst);
+  } else if (g.w == 8) {
+    pair ? ForwardImpl<8, 2>(g, src, packed, dst) : ForwardImpl<8, 1>(g, src, packed, dst);
+  } else if (g.w == 4) {
+    pair ? ForwardImpl<4, 2>(g, src, packed, dst) : ForwardImpl<4, 1>(g, src, packed, dst);
+  } else {
+    return false;  // no kernel for this width: the caller reports it
+  }
+  return true;
 }
 
 int BackwardWeights(const Conv3x3Geometry& g, const float* src, const float* ddst,
@@ -162,7 +185,7 @@ int BackwardWeights(const Conv3x3Geometry& g, const float* src, const float* dds
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     if (t == 0) team = nt;
     float* buf = scratch + t * per_thread;
-    std::fill(buf, buf + per_thread, 0.f);
+    Zero(buf, per_thread);
     const int64_t n_lo = g.n * t / nt, n_hi = g.n * (t + 1) / nt;
     for (int64_t n = n_lo; n < n_hi; ++n)
       for (int64_t ob = 0; ob < obn; ++ob)

@@ -67,8 +67,12 @@ void TransformAll(int tile, int64_t in, int64_t out, float* u, KernelAt kernel_a
 
 }  // namespace
 
+int64_t wino_avx512::ScratchPerThread(const Conv3x3Geometry& g) {
+  return 36 * (kTiles * (g.c + g.o) + 2 * 16);
+}
+
 bool WinogradSupported(const Conv3x3Geometry& g) {
-  if (!__builtin_cpu_supports("avx512f")) return false;
+  if (!CpuHasAvx512Kernels()) return false;
   return g.n > 0 && g.h > 0 && g.w > 0 && g.c > 0 && g.o > 0 && g.c % kV == 0 &&
          g.o % kV == 0;
 }

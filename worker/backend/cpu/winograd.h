@@ -20,7 +20,8 @@
 
 namespace resdist::cpu {
 
-// True when this CPU runs AVX-512F and the channels are multiples of 16 (any H, W >= 1).
+// True when CpuHasAvx512Kernels() (conv3x3.h) and the channels are multiples of 16 (any
+// H, W >= 1).
 bool WinogradSupported(const Conv3x3Geometry& g);
 
 // The tile size (2 or 4) used for `g`: 4 where the image is large enough for the cheaper

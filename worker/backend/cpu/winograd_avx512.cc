@@ -1,5 +1,7 @@
-// AVX-512 kernels behind winograd.h. This file alone is compiled with -mavx512f; winograd.cc
-// checks the CPU before calling anything here.
+// AVX-512 kernels behind winograd.h. This file alone is compiled for AVX-512 (F, VL, BW, DQ)
+// and FMA; winograd.cc checks the CPU before calling anything here. Everything but the entry
+// point has internal linkage and no std:: function is instantiated here (see
+// conv3x3_kernels.h for why).
 //
 // F(R x R, 3 x 3) (Lavin & Gray 2016), R = 2 or 4: Y = A^T [ (G g G^T) . (B^T d B) ] A. The
 // (R + 2)^2 input tile starting at (R ty - 1, R tx - 1) gives the R x R output tile at
@@ -8,7 +10,6 @@
 #include <immintrin.h>
 #include <omp.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -19,12 +20,24 @@ namespace {
 
 constexpr int64_t kV = 16;  // floats per vector = channel block
 
+// A compile-time index, like std::integral_constant<int, I> but with internal linkage: at -O0
+// std::integral_constant<int, I>::operator int() is emitted as a weak symbol.
+template <int I>
+struct Index {
+  static constexpr int value = I;
+  constexpr operator int() const { return I; }
+};
+
+// Calls f(Index<i>) for i = 0..N-1, unrolled at compile time.
 template <int N, typename F>
 [[gnu::always_inline]] inline void Unroll(F&& f) {
   [&]<int... I>(std::integer_sequence<int, I...>) [[gnu::always_inline]] {
-    (f(std::integral_constant<int, I>{}), ...);
+    (f(Index<I>{}), ...);
   }(std::make_integer_sequence<int, N>{});
 }
+
+// Local stand-in for std::min (see the top of the file).
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 inline __m512 Add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 inline __m512 Sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
@@ -168,7 +181,7 @@ void ForwardImpl(const Conv3x3Geometry& g, const float* src, const float* u, flo
   for (int64_t blk = 0; blk < blocks; ++blk) {
     float* v = scratch + omp_get_thread_num() * per_thread;
     float* m = v + P * v_point;
-    const int64_t t_lo = blk * kTiles, count = std::min(kTiles, tiles - t_lo);
+    const int64_t t_lo = blk * kTiles, count = Min(kTiles, tiles - t_lo);
     int64_t img[kTiles], ty[kTiles], tx[kTiles];  // without a division per tile
     {
       int64_t n = t_lo / per_image, rem = t_lo % per_image, y = rem / tx_n, x = rem % tx_n;
@@ -187,7 +200,8 @@ void ForwardImpl(const Conv3x3Geometry& g, const float* src, const float* u, flo
           InputTile<R>(src + (img[t] * cbn + cb) * plane, g.h, g.w, ty[t] * R - 1, tx[t] * R - 1,
                        vt, v_point);
         } else {  // a partial last block: unused tiles hold zeros, never garbage
-          for (int e = 0; e < P; ++e) std::fill(vt + e * v_point, vt + e * v_point + kV, 0.f);
+          for (int e = 0; e < P; ++e)
+            for (int64_t i = 0; i < kV; ++i) vt[e * v_point + i] = 0.f;
         }
       }
     for (int e = 0; e < P; ++e) {

@@ -2,17 +2,34 @@
 // winograd_weights_avx512.cc. This file is built for the baseline ISA so the check runs anywhere.
 #include "worker/backend/cpu/winograd_weights.h"
 
+#include <algorithm>
 #include <cstdint>
 
 namespace resdist::cpu {
+
+namespace winograd_internal {
+
+Layout MakeLayout(const Conv3x3Geometry& g) {
+  Layout l;
+  // Tiles per block: as many as keep the panels within about 700 KiB of the 1 MiB L2, since
+  // the GEMMs load and store their accumulators once per block and element (at 32 tiles that
+  // cost c = o = 64 about 10%); measured best from 96 to 160 tiles there, and at the cap for
+  // 16 and 32 channels.
+  const int64_t tile_bytes =
+      4 * (g.c / 16 * Layout::kTileStride + g.o / 16 * Layout::kGradStride);
+  l.tile_block = std::clamp<int64_t>(720 * 1024 / tile_bytes, 32, 256);
+  l.m = 16 * g.c * g.o;
+  l.v = g.c / 16 * l.tile_block * Layout::kTileStride;
+  l.y = g.o / 16 * l.tile_block * Layout::kGradStride;
+  l.per_thread = l.m + l.v + l.y;
+  return l;
+}
+
+}  // namespace winograd_internal
+
 namespace {
 
 namespace wi = winograd_internal;
-
-bool CpuHasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");  // immutable after first use
-  return has;
-}
 
 float* AlignedBase(float* scratch) {
   const auto addr = reinterpret_cast<std::uintptr_t>(scratch);
@@ -26,7 +43,7 @@ constexpr float kGt[3][4] = {{1.f, .5f, .5f, 0.f}, {0.f, .5f, -.5f, 0.f}, {0.f, 
 }  // namespace
 
 bool WinogradWeightsSupported(const Conv3x3Geometry& g) {
-  if (!CpuHasAvx512()) return false;
+  if (!CpuHasAvx512Kernels()) return false;
   if (g.n <= 0 || g.h <= 0 || g.w <= 0 || g.c <= 0 || g.o <= 0) return false;
   return g.c % 16 == 0 && g.o % 16 == 0;
 }

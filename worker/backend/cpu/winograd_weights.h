@@ -18,15 +18,14 @@
 // padding and the partial tiles of odd sizes.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 
 #include "worker/backend/cpu/conv3x3.h"
 
 namespace resdist::cpu {
 
-// True when this CPU runs AVX-512F, c and o are multiples of 16 and n, h, w >= 1 (any h and w:
-// odd sizes use partial tiles).
+// True when CpuHasAvx512Kernels() (conv3x3.h), c and o are multiples of 16 and n, h, w >= 1
+// (any h and w: odd sizes use partial tiles).
 bool WinogradWeightsSupported(const Conv3x3Geometry& g);
 
 // Scratch WinogradBackwardWeights needs when OpenMP runs up to `threads` threads, in floats.
@@ -41,7 +40,9 @@ void WinogradBackwardWeights(const Conv3x3Geometry& g, const float* src, const f
                              float* scratch, float* dweight_oihw);
 
 // Internal: shared by winograd_weights.cc (baseline ISA) and winograd_weights_avx512.cc (the
-// kernels, built with -mavx512f). Nothing else should use it.
+// kernels, built for AVX-512 F/VL/BW/DQ and FMA). Nothing else should use it. No function is
+// defined inline here: the AVX-512 object would instantiate it too, and the linker could hand
+// baseline callers that copy (see conv3x3_kernels.h).
 namespace winograd_internal {
 
 // One thread's part of the scratch, in floats; every part starts 64-byte aligned.
@@ -59,27 +60,14 @@ struct Layout {
   int64_t m = 0, v = 0, y = 0, per_thread = 0;
 };
 
-inline Layout MakeLayout(const Conv3x3Geometry& g) {
-  Layout l;
-  // Tiles per block: as many as keep the panels within about 700 KiB of the 1 MiB L2, since
-  // the GEMMs load and store their accumulators once per block and element (at 32 tiles that
-  // cost c = o = 64 about 10%); measured best from 96 to 160 tiles there, and at the cap for
-  // 16 and 32 channels.
-  const int64_t tile_bytes =
-      4 * (g.c / 16 * Layout::kTileStride + g.o / 16 * Layout::kGradStride);
-  l.tile_block = std::clamp<int64_t>(720 * 1024 / tile_bytes, 32, 256);
-  l.m = 16 * g.c * g.o;
-  l.v = g.c / 16 * l.tile_block * Layout::kTileStride;
-  l.y = g.o / 16 * l.tile_block * Layout::kGradStride;
-  l.per_thread = l.m + l.v + l.y;
-  return l;
-}
+// The layout for `g`. Defined in winograd_weights.cc (baseline ISA); the kernels call it too.
+Layout MakeLayout(const Conv3x3Geometry& g);
 
 // Extra floats so that the scratch base can be aligned up to 64 bytes.
 inline constexpr int64_t kScratchSlack = 16;
 
 // Fills the `m` part of one Layout per thread of the OpenMP team it runs, starting at
-// `scratch` (64-byte aligned); returns that team's size. Needs AVX-512F.
+// `scratch` (64-byte aligned); returns that team's size. Needs CpuHasAvx512Kernels().
 int Accumulate(const Conv3x3Geometry& g, const float* src, const float* ddst, float* scratch);
 
 }  // namespace winograd_internal

@@ -1,5 +1,7 @@
-// AVX-512 kernels behind winograd_weights.h. This file alone is compiled with -mavx512f;
-// winograd_weights.cc checks the CPU before calling anything here.
+// AVX-512 kernels behind winograd_weights.h. This file alone is compiled for AVX-512 (F, VL,
+// BW, DQ) and FMA; winograd_weights.cc checks the CPU before calling anything here. Everything
+// but the entry point has internal linkage and no std:: function is instantiated here (see
+// conv3x3_kernels.h for why).
 //
 // Each thread walks its share of the batch's 2x2 gradient tiles in blocks of
 // Layout::tile_block tiles. For a block it writes the input transforms V and the raw gradient
@@ -14,7 +16,6 @@
 #include <immintrin.h>
 #include <omp.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -28,14 +29,25 @@ constexpr int kE = 16;  // transformed elements per tile (4x4)
 constexpr int64_t kTileStride = Layout::kTileStride;
 constexpr int64_t kGradStride = Layout::kGradStride;
 
-// Calls f(std::integral_constant<int, i>) for i = 0..N-1, unrolled at compile time so that the
-// arrays of vectors below live in registers.
+// A compile-time index, like std::integral_constant<int, I> but with internal linkage: at -O0
+// std::integral_constant<int, I>::operator int() is emitted as a weak symbol.
+template <int I>
+struct Index {
+  static constexpr int value = I;
+  constexpr operator int() const { return I; }
+};
+
+// Calls f(Index<i>) for i = 0..N-1, unrolled at compile time so that the arrays of vectors
+// below live in registers.
 template <int N, typename F>
 [[gnu::always_inline]] inline void Unroll(F&& f) {
   [&]<int... I>(std::integer_sequence<int, I...>) [[gnu::always_inline]] {
-    (f(std::integral_constant<int, I>{}), ...);
+    (f(Index<I>{}), ...);
   }(std::make_integer_sequence<int, N>{});
 }
+
+// Local stand-in for std::min (see the top of the file).
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Position (image, tile row, tile column) in the flat tile order.
 struct TileCursor {
@@ -77,14 +89,14 @@ class Prefetcher {
     --left_;
     const int64_t cbn = g_.c / kV, obn = g_.o / kV, plane = g_.h * g_.w * kV;
     const int64_t r0 = 2 * at_.ty, c0 = 2 * at_.tx;
-    const int64_t r_lo = at_.ty == 0 ? 0 : r0 + 1, r_hi = std::min(r0 + 2, g_.h - 1);
-    const int64_t c_lo = at_.tx == 0 ? 0 : c0 + 1, c_hi = std::min(c0 + 2, g_.w - 1);
+    const int64_t r_lo = at_.ty == 0 ? 0 : r0 + 1, r_hi = Min(r0 + 2, g_.h - 1);
+    const int64_t c_lo = at_.tx == 0 ? 0 : c0 + 1, c_hi = Min(c0 + 2, g_.w - 1);
     const float* s = src_ + at_.n * cbn * plane;
     for (int64_t cb = 0; cb < cbn; ++cb)
       for (int64_t r = r_lo; r <= r_hi; ++r)
         for (int64_t c = c_lo; c <= c_hi; ++c) Touch(s + cb * plane + (r * g_.w + c) * kV);
     const float* d = ddst_ + at_.n * obn * plane;
-    const int64_t gr_hi = std::min(r0 + 1, g_.h - 1), gc_hi = std::min(c0 + 1, g_.w - 1);
+    const int64_t gr_hi = Min(r0 + 1, g_.h - 1), gc_hi = Min(c0 + 1, g_.w - 1);
     for (int64_t ob = 0; ob < obn; ++ob)
       for (int64_t r = r0; r <= gr_hi; ++r)
         for (int64_t c = c0; c <= gc_hi; ++c) Touch(d + ob * plane + (r * g_.w + c) * kV);
@@ -280,17 +292,17 @@ int Accumulate(const Conv3x3Geometry& g, const float* src, const float* ddst, fl
     float* m = scratch + t * l.per_thread;
     float* v = m + l.m;
     float* y = v + l.v;
-    std::fill(m, m + kE * g.c * g.o, 0.f);
+    for (int64_t i = 0, n = kE * g.c * g.o; i < n; ++i) m[i] = 0.f;
     // A fixed split of the flat (image, tile row, tile column) range, so the sums' order only
     // depends on the team size; it also balances a batch smaller than the team.
     const int64_t lo = total * t / nt, hi = total * (t + 1) / nt;
-    Prefetcher pf(g, src, ddst, std::min(lo + kPrefetchAhead, hi), hi, tiles_w, tiles_h);
+    Prefetcher pf(g, src, ddst, Min(lo + kPrefetchAhead, hi), hi, tiles_w, tiles_h);
     for (int64_t b0 = lo; b0 < hi; b0 += block) {
-      const int64_t tn = std::min(block, hi - b0);
+      const int64_t tn = Min(block, hi - b0);
       // The block's tiles, as runs of consecutive tiles in one tile row.
       TileCursor at(b0, tiles_w, tiles_h);
       for (int64_t i = 0; i < tn;) {
-        const int64_t run = std::min(tiles_w - at.tx, tn - i);
+        const int64_t run = Min(tiles_w - at.tx, tn - i);
         const float* s = src + at.n * cbn * plane;
         for (int64_t cb = 0; cb < cbn; ++cb)
           InputRun(s + cb * plane, g.h, g.w, at.ty, at.tx, run, v + i * kTileStride + cb * v_panel,
