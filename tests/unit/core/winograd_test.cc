@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -69,8 +70,12 @@ double MaxRelativeError(const Tensor& got, const std::vector<double>& want) {
 class WinogradTest : public ::testing::TestWithParam<int> {  // parameter: tile size
  protected:
   void SetUp() override {
+    saved_threads_ = omp_get_max_threads();  // the test changes it; TearDown restores it
     if (!WinogradSupported({1, 16, 16, 4, 4})) GTEST_SKIP() << "this CPU has no AVX-512F";
   }
+  void TearDown() override { omp_set_num_threads(saved_threads_); }
+
+  int saved_threads_ = 1;
 };
 
 TEST_P(WinogradTest, MatchesDirectConvolution) {
@@ -101,6 +106,11 @@ TEST_P(WinogradTest, MatchesDirectConvolution) {
     for (int threads : {1, 2}) {
       omp_set_num_threads(threads);
       Tensor scratch(Dims{WinogradScratchFloats(g, omp_get_max_threads())});
+      // The outputs are reused across thread counts: NaN first, so that an element the kernel
+      // leaves unwritten (a skipped tile, block or channel) fails instead of passing with the
+      // previous run's value. MaxRelativeError turns any NaN into an infinite error.
+      dst.fill(std::numeric_limits<float>::quiet_NaN());
+      dsrc.fill(std::numeric_limits<float>::quiet_NaN());
       WinogradForward(g, tile, src_t.data(), uf.data(), dst.data(), scratch.data());
       WinogradBackwardData(g, tile, ddst_t.data(), ub.data(), dsrc.data(), scratch.data());
       SCOPED_TRACE(testing::Message() << "tile " << tile << " n" << cs.n << " c" << cs.c << " o"
