@@ -1,7 +1,9 @@
-// resdist's AVX-512 3x3 convolution kernels (worker/backend/cpu/conv3x3.h) against oneDNN's
-// primitives on the same nChw16c tensors: every stride-1 3x3 shape of ResNet-20 (batch 128 by
-// default), forward, backward-data and backward-weights, alternating the two and quoting
-// medians. Also prints the largest difference between the two results.
+// resdist's AVX-512 3x3 convolution kernels against oneDNN's primitives on the same nChw16c
+// tensors: every stride-1 3x3 shape of ResNet-20 (batch 128 by default), forward,
+// backward-data and backward-weights, for oneDNN, the direct kernels (conv3x3.h) and Winograd
+// (winograd.h: F(4x4) or F(2x2) as WinogradTile picks; winograd_weights.h for
+// backward-weights), alternating the three and quoting medians. Also prints the largest
+// difference of each result from oneDNN's, relative to the largest |value|.
 #include <omp.h>
 
 #include <algorithm>
@@ -13,6 +15,8 @@
 #include "CLI/CLI.hpp"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "worker/backend/cpu/conv3x3.h"
+#include "worker/backend/cpu/winograd.h"
+#include "worker/backend/cpu/winograd_weights.h"
 #include "worker/tensor/tensor.h"
 
 namespace {
@@ -61,7 +65,7 @@ int main(int argc, char** argv) {
   const std::vector<Shape> shapes = {{16, 32, 6}, {32, 16, 5}, {64, 8, 5}};
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream strm(eng);
-  double total_dnnl = 0, total_ours = 0;
+  double total[3] = {0, 0, 0};  // oneDNN, direct, Winograd
   for (const Shape& sh : shapes) {
     const resdist::cpu::Conv3x3Geometry g{batch, sh.c, sh.c, sh.hw, sh.hw};
     if (!resdist::cpu::Conv3x3Supported(g)) {
@@ -81,7 +85,14 @@ int main(int argc, char** argv) {
     dnnl::convolution_backward_weights::primitive_desc wpd(
         {dnnl::algorithm::convolution_direct, act, w_any, act, st, pad, pad}, eng, fpd);
     resdist::Tensor src(act), dst(act), ddst(act), dsrc(act), w(w_plain), dw(w_plain);
-    resdist::Tensor dst2(act), dsrc2(act), dw2(w_plain);
+    resdist::Tensor dst2(act), dsrc2(act), dw2(w_plain), dst3(act), dsrc3(act), dw3(w_plain);
+    const int tile = resdist::cpu::WinogradTile(g);
+    resdist::Tensor wino_f(resdist::Dims{resdist::cpu::WinogradWeightFloats(g)});
+    resdist::Tensor wino_d(resdist::Dims{resdist::cpu::WinogradWeightFloats(g)});
+    resdist::Tensor wino_scratch(
+        resdist::Dims{resdist::cpu::WinogradScratchFloats(g, omp_get_max_threads())});
+    resdist::Tensor wino_w_scratch(
+        resdist::Dims{resdist::cpu::WinogradWeightsScratchFloats(g, omp_get_max_threads())});
     resdist::Tensor wf(fpd.weights_desc()), wd(dpd.weights_desc()), dw_blk(wpd.diff_weights_desc());
     resdist::Tensor packed_f(resdist::Dims{resdist::cpu::Conv3x3PackedWeightFloats(g)});
     resdist::Tensor packed_d(resdist::Dims{resdist::cpu::Conv3x3PackedWeightFloats(g)});
@@ -96,6 +107,8 @@ int main(int argc, char** argv) {
     }
     resdist::cpu::Conv3x3PackForwardWeights(g, w.data(), packed_f.data());
     resdist::cpu::Conv3x3PackBackwardDataWeights(g, w.data(), packed_d.data());
+    resdist::cpu::WinogradTransformForwardWeights(g, tile, w.data(), wino_f.data());
+    resdist::cpu::WinogradTransformBackwardDataWeights(g, tile, w.data(), wino_d.data());
     dnnl::convolution_forward f(fpd);
     dnnl::convolution_backward_data bd(dpd);
     dnnl::convolution_backward_weights bw(wpd);
@@ -115,6 +128,17 @@ int main(int argc, char** argv) {
       if (k == 2) dw_reorder.execute(strm, dw_from, dw_to);
       strm.wait();
     };
+    auto run_winograd = [&](int k) {
+      if (k == 0)
+        resdist::cpu::WinogradForward(g, tile, src.data(), wino_f.data(), dst3.data(),
+                                      wino_scratch.data());
+      if (k == 1)
+        resdist::cpu::WinogradBackwardData(g, tile, ddst.data(), wino_d.data(), dsrc3.data(),
+                                           wino_scratch.data());
+      if (k == 2)
+        resdist::cpu::WinogradBackwardWeights(g, src.data(), ddst.data(), wino_w_scratch.data(),
+                                              dw3.data());
+    };
     auto run_ours = [&](int k) {
       if (k == 0) resdist::cpu::Conv3x3Forward(g, src.data(), packed_f.data(), dst2.data());
       if (k == 1)
@@ -124,32 +148,42 @@ int main(int argc, char** argv) {
                                              dw2.data());
     };
     const char* names[3] = {"fwd", "bwd_data", "bwd_weights"};
-    std::printf("c%-3lld %2lldx%-2lld", static_cast<long long>(sh.c),
-                static_cast<long long>(sh.hw), static_cast<long long>(sh.hw));
     for (int k = 0; k < 3; ++k) {
-      std::vector<double> td, to;
+      std::vector<double> t[3];
       for (int r = 0; r < repeats + 1; ++r) {
-        double t0 = Now();
+        const double t0 = Now();
         run_dnnl(k);
-        double t1 = Now();
+        const double t1 = Now();
         run_ours(k);
-        double t2 = Now();
-        if (r > 0) {
-          td.push_back(t1 - t0);
-          to.push_back(t2 - t1);
+        const double t2 = Now();
+        run_winograd(k);
+        const double t3 = Now();
+        if (r > 0) {  // the first run warms caches and pages
+          t[0].push_back(t1 - t0);
+          t[1].push_back(t2 - t1);
+          t[2].push_back(t3 - t2);
         }
       }
-      const double md = Median(td) * 1e3, mo = Median(to) * 1e3;
-      total_dnnl += md * sh.count;
-      total_ours += mo * sh.count;
-      const resdist::Tensor* a[3] = {&dst2, &dsrc2, &dw2};
-      const resdist::Tensor* b[3] = {&dst, &dsrc, &dw};
-      std::printf("  %s onednn %.2f resdist %.2f ms (x%.2f, diff %.1e)", names[k], md, mo, md / mo,
-                  MaxRelDiff(a[k]->data(), b[k]->data(), a[k]->physical_size()));
+      double ms[3];
+      for (int i = 0; i < 3; ++i) {
+        ms[i] = Median(t[i]) * 1e3;
+        total[i] += ms[i] * sh.count;
+      }
+      const resdist::Tensor* ref[3] = {&dst, &dsrc, &dw};
+      const resdist::Tensor* direct[3] = {&dst2, &dsrc2, &dw2};
+      const resdist::Tensor* wino[3] = {&dst3, &dsrc3, &dw3};
+      const int64_t n = ref[k]->physical_size();
+      std::printf("c%-3lld %2lldx%-2lld %-11s onednn %5.2f  direct %5.2f (diff %.0e)  "
+                  "winograd%s %5.2f (diff %.0e) ms\n",
+                  static_cast<long long>(sh.c), static_cast<long long>(sh.hw),
+                  static_cast<long long>(sh.hw), names[k], ms[0], ms[1],
+                  MaxRelDiff(direct[k]->data(), ref[k]->data(), n),
+                  k == 2 ? "-F2" : (tile == 4 ? "-F4" : "-F2"), ms[2],
+                  MaxRelDiff(wino[k]->data(), ref[k]->data(), n));
     }
-    std::printf("\n");
   }
-  std::printf("stride-1 3x3 convs per ResNet-20 step: onednn %.1f ms resdist %.1f ms ratio %.2f\n",
-              total_dnnl, total_ours, total_dnnl / total_ours);
+  std::printf("stride-1 3x3 convs per ResNet-20 step (ms): onednn %.1f direct %.1f winograd %.1f"
+              " -> onednn/winograd %.2f\n",
+              total[0], total[1], total[2], total[0] / total[2]);
   return 0;
 }
