@@ -49,7 +49,7 @@ using dt = memory::data_type;
 constexpr double kRtol = 1e-5;  // relative to the sum of |products|; see the file comment
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-bool CpuHasAvx512() { return __builtin_cpu_supports("avx512f"); }
+bool CpuHasAvx512() { return cpu::CpuHasAvx512Kernels(); }  // every extension the kernels need
 
 MemDesc Blocked16(const Dims& d) {
   return MemDesc(memory::dims(d.begin(), d.end()), dt::f32, tag::aBcd16b);
@@ -233,7 +233,7 @@ std::string CaseName(const ::testing::TestParamInfo<KernelCase>& info) {
 class Conv3x3KernelTest : public ::testing::TestWithParam<KernelCase> {
  protected:
   void SetUp() override {
-    if (!CpuHasAvx512()) GTEST_SKIP() << "this CPU lacks AVX-512F; the 3x3 kernels do not run";
+    if (!CpuHasAvx512()) GTEST_SKIP() << "this CPU lacks AVX-512 (F/VL/BW/DQ); the 3x3 kernels do not run";
     // Every listed shape is one the kernels handle; only a CPU without AVX-512 may refuse.
     ASSERT_TRUE(cpu::Conv3x3Supported(GetParam().g)) << CaseName({GetParam(), 0});
     saved_threads_ = omp_get_max_threads();
@@ -304,7 +304,7 @@ std::vector<KernelCase> KernelCases() {
 INSTANTIATE_TEST_SUITE_P(Shapes, Conv3x3KernelTest, ::testing::ValuesIn(KernelCases()), CaseName);
 
 TEST(Conv3x3Supported, RejectsShapesTheKernelsDoNotHandle) {
-  if (!CpuHasAvx512()) GTEST_SKIP() << "this CPU lacks AVX-512F; every shape is unsupported";
+  if (!CpuHasAvx512()) GTEST_SKIP() << "this CPU lacks AVX-512 (F/VL/BW/DQ); every shape is unsupported";
   EXPECT_TRUE(cpu::Conv3x3Supported({2, 16, 16, 8, 8}));
   EXPECT_FALSE(cpu::Conv3x3Supported({2, 3, 16, 32, 32}));   // RGB input: not a multiple of 16
   EXPECT_FALSE(cpu::Conv3x3Supported({2, 16, 24, 8, 8}));    // output channels
