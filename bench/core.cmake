@@ -10,10 +10,6 @@ target_link_libraries(resdist_onednn_conv_bench PRIVATE DNNL::dnnl)
 add_executable(resdist_conv3x3_bench ${CMAKE_CURRENT_SOURCE_DIR}/conv3x3_bench.cc)
 target_link_libraries(resdist_conv3x3_bench PRIVATE resdist_worker)
 
-# Winograd F(2x2,3x3) backward-weights against the direct AVX-512 kernel on ResNet-20's shapes.
-add_executable(resdist_winograd_weights_bench ${CMAKE_CURRENT_SOURCE_DIR}/winograd_weights_bench.cc)
-target_link_libraries(resdist_winograd_weights_bench PRIVATE resdist_worker)
-
 # Single-core f32 FMA peak (register-only loop), the ceiling for the kernels above.
 add_executable(resdist_fma_peak ${CMAKE_CURRENT_SOURCE_DIR}/fma_peak.cc)
 target_compile_options(resdist_fma_peak PRIVATE -mavx512f -mfma -O2)

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "worker/backend/cpu/avx512_util.h"
 #include "worker/backend/cpu/conv3x3.h"
 #include "worker/backend/cpu/conv3x3_kernels.h"
 
@@ -17,30 +18,6 @@ namespace {
 constexpr int kV = 16;             // floats per vector = channel block
 constexpr int kTap = kV * kV;      // floats per (kh, kw) tap of a packed 16x16 block
 constexpr int kBlock = 9 * kTap;   // floats per packed (out block, in block) pair
-
-// A compile-time index, like std::integral_constant<int, I> but with internal linkage: at -O0
-// std::integral_constant<int, I>::operator int() is emitted as a weak symbol.
-template <int I>
-struct Index {
-  static constexpr int value = I;
-  constexpr operator int() const { return I; }
-};
-
-// Calls f(Index<i>) for i = 0..N-1, unrolled at compile time so that the accumulator arrays
-// below live in registers.
-template <int N, typename F>
-[[gnu::always_inline]] inline void Unroll(F&& f) {
-  [&]<int... I>(std::integer_sequence<int, I...>) [[gnu::always_inline]] {
-    (f(Index<I>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
-}
-
-// Local stand-ins for std::min, std::max and std::fill (see the top of the file).
-inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t Max(int64_t a, int64_t b) { return a < b ? b : a; }
-inline void Zero(float* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) p[i] = 0.f;
-}
 
 // One output row segment [ow0, ow0 + BW) of OB consecutive output-channel blocks. L / R: the
 // segment touches the left / right image border (the padded column is skipped).

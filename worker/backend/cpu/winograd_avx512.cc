@@ -13,31 +13,13 @@
 #include <cstdint>
 #include <utility>
 
+#include "worker/backend/cpu/avx512_util.h"
 #include "worker/backend/cpu/winograd_kernels.h"
 
 namespace resdist::cpu::wino_avx512 {
 namespace {
 
 constexpr int64_t kV = 16;  // floats per vector = channel block
-
-// A compile-time index, like std::integral_constant<int, I> but with internal linkage: at -O0
-// std::integral_constant<int, I>::operator int() is emitted as a weak symbol.
-template <int I>
-struct Index {
-  static constexpr int value = I;
-  constexpr operator int() const { return I; }
-};
-
-// Calls f(Index<i>) for i = 0..N-1, unrolled at compile time.
-template <int N, typename F>
-[[gnu::always_inline]] inline void Unroll(F&& f) {
-  [&]<int... I>(std::integer_sequence<int, I...>) [[gnu::always_inline]] {
-    (f(Index<I>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
-}
-
-// Local stand-in for std::min (see the top of the file).
-inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 inline __m512 Add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 inline __m512 Sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }

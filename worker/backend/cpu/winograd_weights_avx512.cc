@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "worker/backend/cpu/avx512_util.h"
 #include "worker/backend/cpu/winograd_weights.h"
 
 namespace resdist::cpu::winograd_internal {
@@ -28,26 +29,6 @@ constexpr int kV = 16;  // floats per vector = channel block
 constexpr int kE = 16;  // transformed elements per tile (4x4)
 constexpr int64_t kTileStride = Layout::kTileStride;
 constexpr int64_t kGradStride = Layout::kGradStride;
-
-// A compile-time index, like std::integral_constant<int, I> but with internal linkage: at -O0
-// std::integral_constant<int, I>::operator int() is emitted as a weak symbol.
-template <int I>
-struct Index {
-  static constexpr int value = I;
-  constexpr operator int() const { return I; }
-};
-
-// Calls f(Index<i>) for i = 0..N-1, unrolled at compile time so that the arrays of vectors
-// below live in registers.
-template <int N, typename F>
-[[gnu::always_inline]] inline void Unroll(F&& f) {
-  [&]<int... I>(std::integer_sequence<int, I...>) [[gnu::always_inline]] {
-    (f(Index<I>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
-}
-
-// Local stand-in for std::min (see the top of the file).
-inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Position (image, tile row, tile column) in the flat tile order.
 struct TileCursor {
